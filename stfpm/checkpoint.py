@@ -1,0 +1,74 @@
+"""Loading our checkpoints without re-downloading anything, and finding a category's latest run."""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stfpm.errors import CheckpointError, STFPMError
+from stfpm.lightning_model import CHECKPOINT_KEY, STFPM
+
+CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason[:200]}") from exc
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> STFPM:
+    """Rebuild the model a checkpoint was trained with and load its weights and thresholds.
+
+    The architecture comes from the checkpoint's hyperparameters; the teacher's weights come from the
+    checkpoint itself, so nothing is downloaded and an offline machine can test and predict.
+    """
+    path = Path(path).expanduser()
+    checkpoint = _read(path)
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
+        raise CheckpointError(f"{path} is not an STFPM checkpoint written by this project")
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    hparams["teacher_weights"] = None  # weights are in the state_dict; never download again
+    try:
+        model = STFPM(**hparams)
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except (RuntimeError, TypeError, KeyError, STFPMError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not match its recorded architecture: {reason[:200]}") from exc
+    model.on_load_checkpoint(checkpoint)
+    model.checkpoint_path = str(path)
+    return model.to(map_location).eval()
+
+
+def find_latest_checkpoint(output_dir: str | Path, category: str) -> Path:
+    """The best (else last) checkpoint of the highest-numbered run ``<output_dir>/<category>/version_N``."""
+    category_dir = Path(output_dir) / category
+    runs = sorted(
+        (p for p in category_dir.glob("version_*") if re.fullmatch(r"version_\d+", p.name)),
+        key=lambda p: int(p.name.split("_")[1]),
+        reverse=True,
+    )
+    for run in runs:
+        for name in CHECKPOINT_NAMES:
+            if (run / "checkpoints" / name).is_file():
+                return run / "checkpoints" / name
+    raise CheckpointError(
+        f"no trained run of category {category!r} under {category_dir}; "
+        f"train one with `python train.py --category {category}` or pass --checkpoint PATH"
+    )
+
+
+def list_trained_categories(output_dir: str | Path) -> list[str]:
+    """Categories under ``output_dir`` that have at least one run with a checkpoint."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("version_*/checkpoints/*.ckpt")))

@@ -1,0 +1,33 @@
+"""Shared plumbing of the command-line entry points: logging and one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from typing import Callable
+
+from stfpm.errors import STFPMError
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Plain ``level: message`` lines on stderr; quieter third-party chatter unless ``verbose``."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s: %(message)s", force=True
+    )
+    if not verbose:
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+
+
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run an entry point; a user error becomes ``error: ...`` on stderr and exit code 2."""
+    setup_logging("--verbose" in (argv if argv is not None else sys.argv))
+    try:
+        return main(argv)
+    except STFPMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

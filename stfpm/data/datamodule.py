@@ -1,0 +1,178 @@
+"""Lightning data module for one MVTec-AD-style category.
+
+Fitting reads only ``train/good`` (split into train/val); the ``test/`` folder is indexed only for the
+``test``/``predict`` stages, so no test image can influence training or model selection.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
+from stfpm.data.mvtec import (
+    CategoryIndex,
+    ImageFolderDataset,
+    TestDataset,
+    TestSample,
+    resolve_category_dir,
+    scan_test,
+    scan_train,
+    split_train_val,
+)
+from stfpm.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+_FIT_STAGES = ("fit", "validate")
+_TEST_STAGES = ("test", "predict")
+
+
+def _check_positive(name: str, value: Any, minimum: int = 1) -> None:
+    """Config values arrive from YAML/CLI, so reject bad ones with a readable one-line error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DataError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+class MVTecDataModule(pl.LightningDataModule):
+    """Train/val loaders from ``train/good`` and a test loader with masks for one category."""
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        category: str | None,
+        image_size: int = 256,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        _check_positive("image_size", image_size)
+        _check_positive("batch_size", batch_size)
+        if eval_batch_size is not None:
+            _check_positive("eval_batch_size", eval_batch_size)
+        _check_positive("num_workers", num_workers, minimum=0)
+        split_train_val([], val_fraction)  # validates the fraction now rather than at setup()
+        self.save_hyperparameters()
+        self.data_root = Path(data_root)
+        self.category = category
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.transform = ImageTransform(image_size, mean, std)
+        self._category_dir: Path | None = None
+        self._train_images: list[Path] | None = None
+        self._test_samples: list[TestSample] | None = None
+        self.train_paths: list[Path] | None = None
+        self.val_paths: list[Path] | None = None
+        self.train_dataset: ImageFolderDataset | None = None
+        self.val_dataset: ImageFolderDataset | None = None
+        self.test_dataset: TestDataset | None = None
+
+    # ------------------------------------------------------------------------------------ lazy index
+
+    @property
+    def category_dir(self) -> Path:
+        """The category folder, resolved (and validated) on first access."""
+        if self._category_dir is None:
+            self._category_dir = resolve_category_dir(self.data_root, self.category)
+        return self._category_dir
+
+    @property
+    def index(self) -> CategoryIndex:
+        """Full index (train + test); scans on first access. Fitting never uses it, to keep test unread."""
+        return CategoryIndex(root=self.category_dir, train=self._get_train_images(), test=self._get_test(False))
+
+    @property
+    def test_samples(self) -> list[TestSample]:
+        """Test samples, requiring a non-empty test split."""
+        return self._get_test(require=True)
+
+    def _get_train_images(self) -> list[Path]:
+        if self._train_images is None:
+            self._train_images = scan_train(self.category_dir)
+        return self._train_images
+
+    def _get_test(self, require: bool) -> list[TestSample]:
+        """Scan the test split once (so mask warnings appear once); re-check if it is now required."""
+        if self._test_samples is None:
+            self._test_samples = scan_test(self.category_dir, require_test=require)
+        elif require and not self._test_samples:
+            scan_test(self.category_dir, require_test=True)  # raises the precise "no test" error
+        return self._test_samples
+
+    # ------------------------------------------------------------------------------------ setup
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets for ``stage``; ``None`` means fit only (the test split is opt-in)."""
+        if stage is None or stage in _FIT_STAGES:
+            self._setup_fit()
+        elif stage in _TEST_STAGES:
+            self._setup_test()
+        else:
+            raise DataError(f"unknown stage {stage!r}; expected fit, validate, test or predict")
+
+    def _setup_fit(self) -> None:
+        if self.train_dataset is not None:
+            return
+        self.train_paths, self.val_paths = split_train_val(self._get_train_images(), self.val_fraction, self.seed)
+        self.train_dataset = ImageFolderDataset(self.train_paths, self.transform)
+        self.val_dataset = ImageFolderDataset(self.val_paths, self.transform)
+        logger.info(
+            "%s: %d training and %d validation images", self.category_dir, len(self.train_paths), len(self.val_paths)
+        )
+
+    def _setup_test(self) -> None:
+        if self.test_dataset is None:
+            self.test_dataset = TestDataset(self.test_samples, self.transform, self.image_size)
+
+    # ------------------------------------------------------------------------------------ loaders
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled with a seeded generator: reproducible order, yet different every epoch."""
+        self._setup_fit()
+        assert self.train_dataset is not None
+        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation loader, or ``[]`` when ``val_fraction == 0`` (Lightning then skips validation)."""
+        self._setup_fit()
+        assert self.val_dataset is not None
+        if len(self.val_dataset) == 0:
+            return []
+        return self._loader(self.val_dataset, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test images in a fixed order, with masks and labels."""
+        self._setup_test()
+        assert self.test_dataset is not None
+        return self._loader(self.test_dataset, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Same as the test loader: prediction runs over the test split."""
+        return self.test_dataloader()

@@ -1,0 +1,219 @@
+"""Reading images and masks from disk and turning them into model tensors.
+
+Real anomaly-detection folders are messy: grey scans, 16-bit microscope PNGs, palette GIF-like PNGs,
+RGBA screenshots, CMYK JPEGs, half-written files. Everything here funnels those into one well-defined
+form (8-bit RGB for images, boolean HxW for masks) and turns every decoding failure into a one-line
+:class:`~stfpm.errors.ImageReadError` naming the file, so a single bad file never surfaces as a PIL
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+
+from stfpm.errors import DataError, ImageReadError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+"""Lower-case suffixes treated as images; matching is case-insensitive (``.PNG`` counts)."""
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# Everything PIL may raise for a missing, unreadable, truncated or malformed file. UnidentifiedImageError
+# is an OSError; the others come out of individual decoders on corrupt data.
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+
+
+def is_image_file(path: Path) -> bool:
+    """True when ``path`` has an image suffix (case-insensitive); used to ignore notes, CSVs, etc."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    """Whether any component below ``root`` starts with a dot (.DS_Store, ._x.png, .ipynb_checkpoints)."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        parts = (path.name,)
+    return any(part.startswith(".") for part in parts)
+
+
+def list_images(path: Path, recursive: bool = True) -> list[Path]:
+    """Sorted image files under ``path`` (or ``[path]`` for a single file), hidden files skipped.
+
+    Sorting makes dataset order, and therefore seeded splits and reports, identical across machines and
+    file systems whose directory order differs.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path} does not exist")
+    candidates = path.rglob("*") if recursive else path.iterdir()
+    found = [p for p in candidates if is_image_file(p) and not _is_hidden(p, path) and p.is_file()]
+    return sorted(found)
+
+
+def _one_line(exc: BaseException) -> str:
+    """Exception text squeezed onto one line, since the CLI prints messages as a single ``error:`` line."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _sixteen_bit_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Scale by the full 16-bit range (/257) so brightness is comparable across images, unlike min-max."""
+    clipped = np.clip(values.astype(np.float64), 0, 65535)
+    return np.rint(clipped / 257.0).astype(np.uint8)
+
+
+def _float_to_uint8(values: np.ndarray) -> np.ndarray:
+    """'F' images: [0, 1] data is scaled to [0, 255]; anything else is taken as already 8-bit and clipped."""
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+    if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+        values = values * 255.0
+    return np.rint(np.clip(values, 0, 255)).astype(np.uint8)
+
+
+def _composite_on_black(img: Image.Image) -> Image.Image:
+    """Premultiply by alpha: transparent pixels hold arbitrary colours that must not reach the model."""
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
+    rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
+    return Image.fromarray(np.rint(rgb).astype(np.uint8))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB without the surprises of a bare ``convert('RGB')``.
+
+    PIL's own conversion clips 16-bit data at 255 (turning most of a 16-bit scan white) and simply drops
+    alpha; both are handled explicitly here.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I"):  # 'I;16', 'I;16B', 'I;16L', 'I;16N', 'I'
+        return Image.fromarray(_sixteen_bit_to_uint8(np.asarray(img))).convert("RGB")
+    if mode == "F":
+        return Image.fromarray(_float_to_uint8(np.asarray(img))).convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
+        return _composite_on_black(img)
+    return img.convert("RGB")  # 'L', '1', 'P', 'CMYK', 'YCbCr', ...
+
+
+def _open_decoded(path: Path, what: str) -> Image.Image:
+    """Open and fully decode a file, so truncated data fails here rather than deep inside a DataLoader."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except _READ_ERRORS as exc:
+        raise ImageReadError(f"cannot read {what} {path}: {_one_line(exc)}") from exc
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Read an image as 8-bit RGB; any decoding problem becomes an :class:`ImageReadError`.
+
+    The file is only opened for reading, never modified.
+    """
+    img = _open_decoded(Path(path), "image")
+    try:
+        return to_rgb(img)
+    except _READ_ERRORS as exc:
+        raise ImageReadError(f"cannot read image {path}: {_one_line(exc)}") from exc
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Read a ground-truth mask as a boolean HxW array where any nonzero pixel marks a defect.
+
+    Masks come as 0/255 'L', 0/1 palette, RGB exports or 16-bit PNGs; "nonzero in any colour channel"
+    is the one rule that is right for all of them. An alpha channel is ignored.
+    """
+    img = _open_decoded(Path(path), "mask")
+    if img.mode == "P":
+        img = img.convert("RGB")  # palette index 0 is not necessarily black
+    values = np.asarray(img)
+    if values.ndim == 3:
+        channels = values.shape[2]
+        color = values[..., :3] if channels >= 3 else values[..., :1]
+        return np.asarray(color.max(axis=2) > 0)
+    return np.asarray(values > 0)
+
+
+def _array_to_pil(array: np.ndarray) -> Image.Image:
+    """Wrap a uint8 HxW / HxWx1 / HxWx3 / HxWx4 array as a PIL RGB image (for the inference API)."""
+    if array.dtype != np.uint8:
+        raise DataError(f"image arrays must be uint8, got {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return to_rgb(Image.fromarray(np.ascontiguousarray(array)))
+    raise DataError(f"image arrays must be HxW or HxWxC with C in (1, 3, 4), got shape {tuple(array.shape)}")
+
+
+class ImageTransform:
+    """PIL image or uint8 array -> normalised float32 tensor [3, S, S].
+
+    Mirrors the official STFPM preprocessing (``Resize((S, S))`` + ``ToTensor`` + ``Normalize``): the
+    whole image is squeezed to a square without cropping, so defects near the border are never cut off
+    and anomaly maps map back onto the full original image.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise DataError(f"image_size must be a positive integer, got {image_size!r}")
+        self.image_size = image_size
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self._pipeline: Callable[[Image.Image], torch.Tensor] = transforms.Compose(
+            [
+                transforms.Resize((image_size, image_size), interpolation=InterpolationMode.BILINEAR),
+                transforms.ToTensor(),
+                transforms.Normalize(self.mean, self.std),
+            ]
+        )
+
+    def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        """Transform one image; non-RGB PIL modes are converted the same way :func:`load_image` does."""
+        pil = _array_to_pil(image) if isinstance(image, np.ndarray) else to_rgb(image)
+        return self._pipeline(pil).to(torch.float32)
+
+    def __repr__(self) -> str:
+        return f"ImageTransform(image_size={self.image_size}, mean={self.mean}, std={self.std})"
+
+
+def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
+    """Resize a boolean mask to a bool tensor [1, S, S] with nearest neighbour.
+
+    Nearest keeps the mask strictly binary; bilinear would invent grey edge pixels whose thresholding
+    would then shift the defect area and bias pixel-level metrics.
+    """
+    if mask.ndim != 2:
+        raise DataError(f"masks must be 2-D, got shape {tuple(mask.shape)}")
+    pil = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
+    resized = np.asarray(pil.resize((size, size), resample=Image.Resampling.NEAREST)) > 0
+    return torch.from_numpy(resized).unsqueeze(0)

@@ -1,0 +1,133 @@
+"""`python test.py`: image/pixel AUROC, AUPRO and F1-max of a trained model on the test split."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+from stfpm.data import MVTecDataModule
+from stfpm.lightning_model import STFPM
+from stfpm.metrics import aupro, auroc, f1_max
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TestPredictions:
+    """Everything the metrics need, in compact dtypes: float32 maps and scores, bool masks."""
+
+    scores: np.ndarray  # float32 [N]
+    labels: np.ndarray  # int8 [N]
+    maps: np.ndarray  # float32 [N,S,S]
+    masks: np.ndarray  # bool [N,S,S]
+    has_mask: np.ndarray  # bool [N]: False for defective images without a ground-truth mask
+    defect_types: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+
+
+class _Collector(BasePredictionWriter):
+    """Copies each batch's outputs into preallocated arrays, so the maps are held once, not twice."""
+
+    def __init__(self, n: int, size: int) -> None:
+        super().__init__(write_interval="batch")
+        self.data = TestPredictions(
+            scores=np.empty(n, np.float32),
+            labels=np.empty(n, np.int8),
+            maps=np.empty((n, size, size), np.float32),
+            masks=np.empty((n, size, size), bool),
+            has_mask=np.empty(n, bool),
+        )
+        self.offset = 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], *args: Any) -> None:
+        d, i = self.data, self.offset
+        j = i + len(prediction["score"])
+        d.scores[i:j] = prediction["score"].numpy()
+        d.labels[i:j] = prediction["label"].numpy()
+        d.maps[i:j] = prediction["anomaly_map"].numpy()
+        d.masks[i:j] = prediction["mask"][:, 0].numpy()
+        d.has_mask[i:j] = prediction["has_mask"].numpy()
+        d.defect_types.extend(prediction["defect_type"])
+        d.paths.extend(prediction["path"])
+        self.offset = j
+
+
+def predict_test_split(model: STFPM, datamodule: MVTecDataModule, trainer_kwargs: dict[str, Any]) -> TestPredictions:
+    """Run the model over the test split with Lightning (progress bar, device placement, precision)."""
+    datamodule.setup("test")
+    n = len(datamodule.test_dataset)
+    collector = _Collector(n, model.hparams["image_size"])
+    trainer = pl.Trainer(logger=False, callbacks=[collector], **trainer_kwargs)
+    trainer.predict(model, dataloaders=datamodule.test_dataloader(), return_predictions=False)
+    return collector.data
+
+
+def _safe(fn, *args) -> float:
+    """A metric, or NaN when it is undefined (one class only)."""
+    value = fn(*args)
+    return float(value[0] if isinstance(value, tuple) else value)
+
+
+def _pixel_subset(pred: TestPredictions, select: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Maps and masks of the selected images; views, not copies, when every image is selected."""
+    if select.all():
+        return pred.maps, pred.masks
+    return pred.maps[select], pred.masks[select]
+
+
+def compute_metrics(pred: TestPredictions, fpr_limit: float = 0.3) -> dict[str, Any]:
+    """All figures of one category; undefined ones (a single class present) are NaN."""
+    labels = pred.labels.astype(bool)
+    maps, masks = _pixel_subset(pred, pred.has_mask)
+    image_f1, image_thr = f1_max(pred.scores, labels)
+    pixel_f1, pixel_thr = f1_max(maps, masks) if masks.any() else (math.nan, math.nan)
+    results: dict[str, Any] = {
+        "image_auroc": auroc(pred.scores, labels),
+        "pixel_auroc": auroc(maps, masks),
+        "pixel_aupro": aupro(maps, masks, fpr_limit=fpr_limit),
+        "image_f1_max": image_f1,
+        "image_f1_threshold": image_thr,
+        "pixel_f1_max": pixel_f1,
+        "pixel_f1_threshold": pixel_thr,
+        "aupro_fpr_limit": fpr_limit,
+        "n_images": int(len(labels)),
+        "n_good": int((~labels).sum()),
+        "n_defective": int(labels.sum()),
+        "n_defective_without_mask": int((labels & ~pred.has_mask).sum()),
+    }
+    results["per_defect_type"] = _per_defect_type(pred, labels)
+    return results
+
+
+def _per_defect_type(pred: TestPredictions, labels: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Image and pixel AUROC of each defect type against the good images."""
+    types = np.asarray(pred.defect_types)
+    good = ~labels
+    out: dict[str, dict[str, Any]] = {}
+    for defect in sorted(set(pred.defect_types) - {"good"}):
+        select = good | (types == defect)
+        maps, masks = _pixel_subset(pred, select & pred.has_mask)
+        out[defect] = {
+            "n_images": int((types == defect).sum()),
+            "image_auroc": auroc(pred.scores[select], labels[select]),
+            "pixel_auroc": auroc(maps, masks),
+        }
+    return out
+
+
+def undefined_metrics_note(results: dict[str, Any]) -> str | None:
+    """A one-line explanation when AUROCs are undefined, instead of a crash."""
+    if results["n_good"] == 0:
+        return "the test split has no good images: AUROC/AUPRO are undefined (reported as n/a)"
+    if results["n_defective"] == 0:
+        return "the test split has no defective images: AUROC/AUPRO/F1 are undefined (reported as n/a)"
+    if results["n_defective"] == results["n_defective_without_mask"]:
+        return "no defective image has a ground-truth mask: pixel metrics are undefined (reported as n/a)"
+    return None

@@ -1,0 +1,124 @@
+"""The Lightning wrapper: training, validation loss, threshold calibration and batched inference."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from stfpm import __version__
+from stfpm.anomaly_map import anomaly_map, image_scores
+from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD
+from stfpm.loss import stfpm_loss
+from stfpm.thresholding import calibrate
+from stfpm.torch_model import STFPMModel
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "stfpm"
+
+
+class STFPM(pl.LightningModule):
+    """STFPM with the official optimisation recipe (SGD, lr 0.4, momentum 0.9, weight decay 1e-4).
+
+    Every validation epoch also computes the anomaly maps of the held-out normal images (from the same
+    features as the validation loss) and stores the calibrated thresholds as buffers, so each checkpoint
+    carries thresholds that match its own weights.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet152",
+        student_backbone: str | None = None,
+        layers: list[str] | None = None,
+        teacher_weights: str | None = "imagenet",
+        image_size: int = 256,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        lr: float = 0.4,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        image_threshold_quantile: float = 0.99,
+        pixel_threshold_quantile: float = 0.999,
+    ) -> None:
+        super().__init__()
+        self.model = STFPMModel(backbone, student_backbone, layers, teacher_weights)
+        self.save_hyperparameters()
+        self.hparams["student_backbone"] = student_backbone or backbone
+        self.hparams["layers"] = list(self.model.layers)
+        self.register_buffer("image_threshold", torch.tensor(math.nan))
+        self.register_buffer("pixel_threshold", torch.tensor(math.nan))
+        self.run_info: dict[str, str] = {}  # category and data root, recorded in checkpoints
+        self._val_scores: list[Tensor] = []
+        self._val_maps: list[Tensor] = []
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        teacher, student = self.model(batch["image"])
+        loss = stfpm_loss(teacher, student)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        images = batch["image"]
+        teacher, student = self.model(images)
+        self.log("val_loss", stfpm_loss(teacher, student), prog_bar=True, batch_size=len(images), sync_dist=True)
+        maps = anomaly_map(teacher, student, size=(images.shape[-2], images.shape[-1]))
+        self._val_scores.append(image_scores(maps).float())
+        self._val_maps.append(maps[:, 0].float())
+
+    def on_validation_epoch_end(self) -> None:
+        scores, maps = self._collect_validation()
+        self._val_scores.clear()
+        self._val_maps.clear()
+        if scores is None or self.trainer.sanity_checking:
+            return
+        image_thr, pixel_thr = calibrate(
+            scores, maps, self.hparams["image_threshold_quantile"], self.hparams["pixel_threshold_quantile"]
+        )
+        self.image_threshold.fill_(image_thr)
+        self.pixel_threshold.fill_(pixel_thr)
+        self.log_dict({"image_threshold": image_thr, "pixel_threshold": pixel_thr}, sync_dist=False)
+
+    def _collect_validation(self) -> tuple[Tensor | None, Tensor | None]:
+        """Validation scores and maps of this epoch, gathered from every process under DDP."""
+        if not self._val_scores:
+            return None, None
+        scores = torch.cat(self._val_scores)
+        maps = torch.cat(self._val_maps)
+        if self.trainer.world_size > 1:
+            scores = self.all_gather(scores).reshape(-1)
+            maps = self.all_gather(maps).reshape(-1, *maps.shape[1:])
+        return scores.cpu(), maps.cpu()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Anomaly maps and scores of a batch, on the CPU, with the batch's other fields passed through."""
+        maps, scores = self.model.predict(batch["image"])
+        out = {key: value for key, value in batch.items() if key != "image"}
+        out["anomaly_map"] = maps[:, 0].float().cpu()
+        out["score"] = scores.float().cpu()
+        return out
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.SGD(
+            params,
+            lr=self.hparams["lr"],
+            momentum=self.hparams["momentum"],
+            weight_decay=self.hparams["weight_decay"],
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"format_version": 1, "package_version": __version__, **self.run_info}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get(CHECKPOINT_KEY, {})
+        self.run_info = {k: v for k, v in info.items() if k in ("category", "data_root")}
+
+    @property
+    def thresholds(self) -> tuple[float, float]:
+        """(image threshold, pixel threshold); NaN when the model was trained without validation images."""
+        return float(self.image_threshold), float(self.pixel_threshold)

@@ -1,0 +1,68 @@
+"""From a fused anomaly map to what a user looks at: source-size maps, binary masks, heatmaps.
+
+Used by test.py's visual report, predict.py's writer and the importable :class:`stfpm.inference.Predictor`,
+so a mask means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def resize_map(anomaly_map: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinearly resize one map [H,W] (or a batch [B,H,W]) to ``size`` = (height, width)."""
+    if tuple(anomaly_map.shape[-2:]) == tuple(size):
+        return anomaly_map
+    batch = anomaly_map.reshape(-1, 1, *anomaly_map.shape[-2:]).float()
+    out = F.interpolate(batch, size=tuple(size), mode="bilinear", align_corners=False)
+    return out.reshape(*anomaly_map.shape[:-2], *size)
+
+
+def remove_small_blobs(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Drop 8-connected components of a bool mask with fewer than ``min_area`` pixels."""
+    if min_area <= 1 or not mask.any():
+        return mask
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+    keep[0] = False  # background
+    return keep[labels]
+
+
+def binary_mask(anomaly_map: np.ndarray, threshold: float, min_area: int = 0) -> np.ndarray:
+    """A uint8 mask with exactly 0 (normal) and 255 (defect): pixels whose score is >= ``threshold``."""
+    if math.isnan(threshold):
+        raise ValueError("the pixel threshold is undefined (NaN); pass one explicitly")
+    mask = remove_small_blobs(anomaly_map >= threshold, min_area)
+    return mask.astype(np.uint8) * 255
+
+
+def heatmap_scale(pixel_threshold: float, anomaly_map: np.ndarray) -> float:
+    """Upper end of the colour scale: twice the pixel threshold, so the threshold sits mid-scale and the
+    colours of different images are comparable; the map's own maximum when no threshold is known."""
+    if math.isfinite(pixel_threshold) and pixel_threshold > 0:
+        return 2.0 * pixel_threshold
+    return float(anomaly_map.max()) or 1.0
+
+
+def colorize(anomaly_map: np.ndarray, vmax: float) -> np.ndarray:
+    """JET colour image (RGB uint8) of a map scaled to [0, vmax]."""
+    scaled = np.clip(anomaly_map / vmax, 0.0, 1.0)
+    bgr = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def overlay(image_rgb: np.ndarray, anomaly_map: np.ndarray, vmax: float, alpha: float = 0.5) -> np.ndarray:
+    """The coloured map blended over the image (both at the same size), RGB uint8."""
+    heat = colorize(anomaly_map, vmax)
+    return cv2.addWeighted(image_rgb, 1.0 - alpha, heat, alpha, 0.0)
+
+
+def to_numpy(anomaly_map: Tensor) -> np.ndarray:
+    """A float32 numpy copy of a map, wherever it lives."""
+    return anomaly_map.detach().to("cpu", torch.float32).numpy()

@@ -1,0 +1,108 @@
+"""Writing evaluation results: results.json / .csv / .md, console tables, and the optional visual report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stfpm.atomic import atomic_write_bytes, atomic_write_text
+
+SUMMARY_COLUMNS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_f1_max")
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf become null (JSON has no NaN), numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A metric for a table: fixed digits, or n/a when undefined."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def category_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row for the whole category and one per defect type (image/pixel AUROC only)."""
+    rows = [{"scope": "all", "n_images": results["n_images"], **{c: results[c] for c in SUMMARY_COLUMNS}}]
+    for defect, figures in results["per_defect_type"].items():
+        rows.append({"scope": defect, **figures})
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A GitHub-flavoured Markdown table (also readable on a console)."""
+    widths = [max(len(c), *(len(fmt(r.get(c))) for r in rows)) for c in columns]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line([fmt(r.get(c)) for c in columns]) for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def _csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+    return buffer.getvalue()
+
+
+def write_category_results(results: dict[str, Any], out_dir: Path) -> str:
+    """results.json, results.csv and results.md of one category; returns the Markdown table."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = category_rows(results)
+    columns = ["scope", "n_images", *SUMMARY_COLUMNS]
+    table = markdown_table(rows, columns)
+    atomic_write_text(out_dir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n")
+    atomic_write_text(out_dir / "results.csv", _csv_text(rows, columns))
+    atomic_write_text(out_dir / "results.md", f"# {results['category']}\n\n{table}")
+    return table
+
+
+def summary_rows(all_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per category plus a mean row over the categories where each figure is defined."""
+    rows = [{"category": r["category"], **{c: r[c] for c in SUMMARY_COLUMNS}} for r in all_results]
+    mean = {"category": "mean"}
+    for column in SUMMARY_COLUMNS:
+        values = [r[column] for r in rows if r[column] is not None and math.isfinite(r[column])]
+        mean[column] = float(np.mean(values)) if values else math.nan
+    return rows + [mean]
+
+
+def write_summary(all_results: list[dict[str, Any]], out_dir: Path) -> str:
+    """The combined table of several categories (``--category all``) as .json, .csv and .md."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = summary_rows(all_results)
+    columns = ["category", *SUMMARY_COLUMNS]
+    table = markdown_table(rows, columns)
+    atomic_write_text(out_dir / "results_all.json", json.dumps(_json_safe(rows), indent=2) + "\n")
+    atomic_write_text(out_dir / "results_all.csv", _csv_text(rows, columns))
+    atomic_write_text(out_dir / "results_all.md", table)
+    return table
+
+
+def save_png(path: Path, array: np.ndarray) -> None:
+    """Write an RGB or single-channel uint8 array as PNG, atomically."""
+    import cv2
+
+    image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"cannot encode {path}")
+    atomic_write_bytes(path, encoded.tobytes())

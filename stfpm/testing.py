@@ -1,0 +1,126 @@
+"""`python test.py`: evaluate the latest run of a category (or every category) on its test split."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from stfpm.checkpoint import find_latest_checkpoint, list_trained_categories, load_checkpoint
+from stfpm.config import parse_args, parse_devices
+from stfpm.data import MVTecDataModule
+from stfpm.errors import CheckpointError
+from stfpm.evaluation import compute_metrics, predict_test_split, undefined_metrics_note
+from stfpm.report import write_category_results, write_summary
+from stfpm.training import DEFAULT_DATA_ROOT
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Evaluate STFPM on the test split: image/pixel AUROC, pixel AUPRO, F1-max, per defect type.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML file of defaults; flags override it")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--category", help="category to evaluate (its latest run), or `all`")
+    parser.add_argument("--checkpoint", help="evaluate this checkpoint instead of the latest run")
+    parser.add_argument("--data-root", help=f"dataset root (default: the one recorded at training, else {DEFAULT_DATA_ROOT})")
+    parser.add_argument("--runs-dir", default="runs", help="where train.py wrote its runs (its --output-dir)")
+    parser.add_argument("--output-dir", help="where results go (default: next to the checkpoint, in its run folder)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ...")
+    parser.add_argument("--devices", default="1", help="evaluation runs on one device: its count or index list")
+    parser.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed, ...")
+    parser.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integrates up to this false positive rate")
+    parser.add_argument("--save-images", action="store_true", help="also write per-image panels, ROC and histogram")
+    return parser
+
+
+def _run_dir(checkpoint: Path) -> Path:
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, category: str | None, out_dir: Path | None) -> dict[str, Any]:
+    """Evaluate one checkpoint; write and print its results; return them."""
+    model = load_checkpoint(checkpoint)
+    category = category or model.run_info.get("category")
+    if not category:
+        raise CheckpointError(f"{checkpoint} does not record its category; pass --category")
+    data_root = args.data_root or model.run_info.get("data_root") or DEFAULT_DATA_ROOT
+    hp = model.hparams
+    datamodule = MVTecDataModule(
+        data_root, category, image_size=hp["image_size"], batch_size=args.batch_size,
+        num_workers=args.num_workers, mean=hp["mean"], std=hp["std"],
+    )
+    trainer_kwargs = dict(accelerator=args.accelerator, devices=parse_devices(args.devices), precision=args.precision)
+    pred = predict_test_split(model, datamodule, trainer_kwargs)
+    image_thr, pixel_thr = model.thresholds
+    results = {
+        "category": category,
+        **compute_metrics(pred, fpr_limit=args.fpr_limit),
+        "calibrated_image_threshold": image_thr,
+        "calibrated_pixel_threshold": pixel_thr,
+        "checkpoint": str(checkpoint),
+        "data_root": str(data_root),
+        "backbone": hp["backbone"],
+        "student_backbone": hp["student_backbone"],
+        "layers": list(hp["layers"]),
+        "image_size": hp["image_size"],
+    }
+    out_dir = out_dir or _run_dir(checkpoint)
+    table = write_category_results(results, out_dir)
+    print(f"\n{category} ({pred.maps.shape[0]} test images, checkpoint {checkpoint})\n{table}")
+    note = undefined_metrics_note(results)
+    if note:
+        log.warning("%s: %s", category, note)
+    if args.save_images:
+        _save_visuals(pred, results, out_dir, image_thr, pixel_thr)
+    print(f"results: {out_dir / 'results.json'}")
+    return results
+
+
+def _save_visuals(pred, results: dict[str, Any], out_dir: Path, image_thr: float, pixel_thr: float) -> None:
+    from stfpm.visual_report import save_image_panels, save_roc_curves, save_score_histogram
+
+    threshold = pixel_thr if math.isfinite(pixel_thr) else results["pixel_f1_threshold"]
+    if threshold is None or not math.isfinite(threshold):
+        log.warning("no pixel threshold available: predicted masks in the panels are skipped")
+        threshold = math.inf
+    count = save_image_panels(pred, out_dir / "images", threshold)
+    save_roc_curves(pred, out_dir / "roc_curve.png", results)
+    save_score_histogram(pred, out_dir / "score_histogram.png", image_thr, results["category"])
+    log.info("wrote %d image panels (input | ground truth | heatmap | mask) to %s", count, out_dir / "images")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if args.checkpoint:
+        evaluate_checkpoint(args, Path(args.checkpoint).expanduser(), args.category, output_dir)
+        return 0
+    if not args.category:
+        parser.error("pass --category NAME (its latest run), --category all, or --checkpoint PATH")
+    if args.category != "all":
+        checkpoint = find_latest_checkpoint(args.runs_dir, args.category)
+        evaluate_checkpoint(args, checkpoint, args.category, output_dir)
+        return 0
+    categories = list_trained_categories(args.runs_dir)
+    if not categories:
+        raise CheckpointError(f"no trained runs under {args.runs_dir}; train with `python train.py --category ...`")
+    results = [
+        evaluate_checkpoint(
+            args, find_latest_checkpoint(args.runs_dir, c), c, output_dir / c if output_dir else None
+        )
+        for c in categories
+    ]
+    summary_dir = output_dir or Path(args.runs_dir)
+    print(f"\nall categories\n{write_summary(results, summary_dir)}")
+    print(f"summary: {summary_dir / 'results_all.md'}")
+    return 0

@@ -1,0 +1,61 @@
+"""The STFPM network in plain PyTorch: usable without Lightning and exportable (TorchScript/ONNX)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from stfpm.anomaly_map import anomaly_map, image_scores
+from stfpm.backbones import build_backbone, get_preset, layer_channels, layer_strides, resolve_layers
+from stfpm.errors import WeightsError
+
+
+class STFPMModel(nn.Module):
+    """A frozen pretrained teacher and a trainable student with the same feature pyramid.
+
+    When the student's channel counts differ from the teacher's (a heterogeneous pair, e.g. a ResNet-152
+    teacher with a ResNet-18 student) the student gets a learned 1x1 convolution per level that maps its
+    features to the teacher's width. This is an extension of this project; the paper uses identical
+    architectures, where no projection exists.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet152",
+        student_backbone: str | None = None,
+        layers: list[str] | tuple[str, ...] | None = None,
+        teacher_weights: str | None = "imagenet",
+    ) -> None:
+        super().__init__()
+        student_backbone = student_backbone or backbone
+        self.layers = resolve_layers(backbone, layers)
+        student_layers = _matching_student_layers(backbone, student_backbone, self.layers)
+        self.teacher = build_backbone(backbone, self.layers, teacher_weights, frozen=True)
+        self.student = build_backbone(student_backbone, student_layers, None, frozen=False)
+        t_channels = layer_channels(backbone, self.layers)
+        s_channels = layer_channels(student_backbone, student_layers)
+        self.projections = nn.ModuleList(
+            nn.Identity() if s == t else nn.Conv2d(s, t, kernel_size=1) for s, t in zip(s_channels, t_channels)
+        )
+
+    def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Teacher features (no gradient) and student features (projected to the teacher's channels)."""
+        teacher_features = self.teacher(images)
+        student_features = [proj(f) for proj, f in zip(self.projections, self.student(images))]
+        return teacher_features, student_features
+
+    def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Fused anomaly maps [B,1,H,W] at the input resolution and image scores [B]."""
+        maps = anomaly_map(*self(images), size=(images.shape[-2], images.shape[-1]))
+        return maps, image_scores(maps)
+
+
+def _matching_student_layers(teacher: str, student: str, layers: tuple[str, ...]) -> tuple[str, ...]:
+    """The student stages with the same strides as the teacher's, so features align position by position."""
+    if teacher == student:
+        return layers
+    wanted = layer_strides(teacher, layers)
+    by_stride = {stride: name for name, (_, _, stride) in get_preset(student).stages.items()}
+    missing = [s for s in wanted if s not in by_stride]
+    if missing:
+        raise WeightsError(f"student {student} has no stage with stride(s) {missing} needed by teacher {teacher}")
+    return tuple(by_stride[s] for s in wanted)

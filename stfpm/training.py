@@ -1,0 +1,189 @@
+"""`python train.py`: fit STFPM on one category (or all) of an MVTec-AD-layout dataset."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import yaml
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from stfpm.backbones import PRESETS
+from stfpm.config import grouped, parse_args, parse_devices
+from stfpm.data import MVTecDataModule, list_categories
+from stfpm.errors import CheckpointError
+from stfpm.lightning_model import STFPM
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_ROOT = "./data/mvtec_anomaly_detection"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train STFPM on one category (or `all`) of an MVTec-AD-layout dataset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML file of defaults (see configs/); flags override it")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    data = parser.add_argument_group("data")
+    data.add_argument("--category", help="category folder name under --data-root, or `all`")
+    data.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="dataset root in MVTec AD layout")
+    data.add_argument("--image-size", type=int, default=256, help="images are resized to SIZE x SIZE")
+    data.add_argument("--batch-size", type=int, default=32)
+    data.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="data loading processes")
+    data.add_argument("--val-fraction", type=float, default=0.2, help="share of train/good held out for validation")
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", default="resnet152", choices=list(PRESETS), help="teacher architecture")
+    model.add_argument(
+        "--student-backbone", choices=list(PRESETS), help="student architecture (default: same as the teacher)"
+    )
+    model.add_argument("--layers", nargs="+", help="feature levels (default: the backbone's three, e.g. layer1-3)")
+    model.add_argument(
+        "--teacher-weights",
+        default="imagenet",
+        help="`imagenet` (torchvision download), PATH to a local torchvision state_dict, or `random` (tests only)",
+    )
+    model.add_argument("--image-threshold-quantile", type=float, default=0.99, help="of validation image scores")
+    model.add_argument("--pixel-threshold-quantile", type=float, default=0.999, help="of validation map pixels")
+    optim = parser.add_argument_group("optimizer")
+    optim.add_argument("--lr", type=float, default=0.4)
+    optim.add_argument("--momentum", type=float, default=0.9)
+    optim.add_argument("--weight-decay", type=float, default=1e-4)
+    trainer = parser.add_argument_group("trainer")
+    trainer.add_argument("--epochs", type=int, default=100)
+    trainer.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (-1: no limit)")
+    trainer.add_argument("--seed", type=int, default=0)
+    trainer.add_argument("--output-dir", default="runs", help="runs go to OUTPUT_DIR/<category>/version_N/")
+    trainer.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ...")
+    trainer.add_argument("--devices", default="auto", help="auto, a count (2) or indices (0,1)")
+    trainer.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, ...")
+    trainer.add_argument("--strategy", default="auto", help="auto, ddp, ...")
+    trainer.add_argument("--num-nodes", type=int, default=1)
+    trainer.add_argument("--log-every-n-steps", type=int, default=10)
+    trainer.add_argument("--resume", help="checkpoint to resume training from (e.g. a run's last.ckpt)")
+    return parser
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        backbone=args.backbone,
+        student_backbone=args.student_backbone,
+        layers=args.layers,
+        teacher_weights=args.teacher_weights,
+        image_size=args.image_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        image_threshold_quantile=args.image_threshold_quantile,
+        pixel_threshold_quantile=args.pixel_threshold_quantile,
+    )
+
+
+def _resumed_model(path: Path, args: argparse.Namespace) -> STFPM:
+    """A model with the architecture recorded in ``path``; Lightning restores its weights in ``fit``."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint to resume {path} does not exist")
+    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    if not hparams:
+        raise CheckpointError(f"{path} is not an STFPM checkpoint written by this project")
+    hparams.update(teacher_weights=None, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    return STFPM(**hparams)
+
+
+def _run_version(resume: Path | None) -> int | None:
+    """Resuming writes into the run the checkpoint came from; otherwise Lightning picks the next version."""
+    if resume is not None and resume.parent.name == "checkpoints":
+        match = re.fullmatch(r"version_(\d+)", resume.parent.parent.name)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def train_category(args: argparse.Namespace, category: str, config: dict) -> Path:
+    """Fit one category; return the path of its best checkpoint."""
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    resume = Path(args.resume).expanduser() if args.resume else None
+    model = _resumed_model(resume, args) if resume else STFPM(**_model_kwargs(args))
+    model.run_info = {"category": category, "data_root": str(Path(args.data_root).resolve())}
+    datamodule = MVTecDataModule(
+        data_root=args.data_root,
+        category=category,
+        image_size=model.hparams["image_size"],
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        mean=model.hparams["mean"],
+        std=model.hparams["std"],
+    )
+    datamodule.setup("fit")  # fail early, with one line, on a missing root or unknown category
+
+    csv_logger = CSVLogger(args.output_dir, name=category, version=_run_version(resume))
+    run_dir = Path(csv_logger.log_dir)
+    tb_logger = TensorBoardLogger(args.output_dir, name=category, version=csv_logger.version, default_hp_metric=False)
+    has_val = args.val_fraction > 0
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val_loss" if has_val else None,
+        mode="min",
+        save_last=True,
+    )
+    if not has_val:
+        log.warning("--val-fraction 0: no validation images, so no best-model selection and no thresholds")
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        max_steps=args.max_steps,
+        accelerator=args.accelerator,
+        devices=parse_devices(args.devices),
+        precision=args.precision,
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+        logger=[csv_logger, tb_logger],
+        callbacks=[checkpoint],
+        log_every_n_steps=args.log_every_n_steps,
+        limit_val_batches=1.0 if has_val else 0,
+        num_sanity_val_steps=0,
+    )
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "category": category}, sort_keys=False))
+    log.info("training %s -> %s", category, run_dir)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else Path(checkpoint.last_model_path)
+    image_thr, pixel_thr = model.thresholds
+    log.info(
+        "%s: best checkpoint %s (val_loss %s); thresholds of the last epoch: image %.6g, pixel %.6g",
+        category,
+        best,
+        f"{float(checkpoint.best_model_score):.6g}" if checkpoint.best_model_score is not None else "n/a",
+        image_thr,
+        pixel_thr,
+    )
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    if not args.category:
+        parser.error("--category is required (a folder name under --data-root, or `all`)")
+    config = {k: v for section in grouped(parser, args).values() for k, v in section.items()}
+    categories = list_categories(args.data_root) if args.category == "all" else [args.category]
+    if not categories:
+        from stfpm.data import resolve_category_dir
+
+        resolve_category_dir(args.data_root, "all")  # raises the one-line "what was found" error
+    if args.resume and len(categories) > 1:
+        parser.error("--resume needs a single --category")
+    results = {category: train_category(args, category, config) for category in categories}
+    for category, path in results.items():
+        print(f"{category}: {path}")
+    return 0

@@ -1,0 +1,186 @@
+"""The method itself: truncated extractors, loss, anomaly map, frozen teacher, weights loading."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from stfpm.anomaly_map import anomaly_map, fuse_anomaly_maps, image_scores, layer_anomaly_maps
+from stfpm.backbones import build_backbone, resolve_layers
+from stfpm.errors import WeightsError
+from stfpm.loss import stfpm_loss
+from stfpm.torch_model import STFPMModel
+
+
+def _reference_loss(teacher: list[np.ndarray], student: list[np.ndarray]) -> float:
+    """The official formula, restated with explicit loops: per position, L2-normalise the channel vectors,
+    sum the squared differences over channels, average over batch and positions; sum the levels."""
+    total = 0.0
+    for t, s in zip(teacher, student):
+        b, _, h, w = t.shape
+        acc = 0.0
+        for i in range(b):
+            for y in range(h):
+                for x in range(w):
+                    tv = t[i, :, y, x] / max(np.linalg.norm(t[i, :, y, x]), 1e-12)
+                    sv = s[i, :, y, x] / max(np.linalg.norm(s[i, :, y, x]), 1e-12)
+                    acc += float(((tv - sv) ** 2).sum())
+        total += acc / (b * h * w)
+    return total
+
+
+def _features(seed: int, batch: int = 2) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, c, s, s, generator=g, dtype=torch.float64) for c, s in ((4, 8), (6, 4), (8, 2))]
+
+
+def test_loss_matches_reference_formula() -> None:
+    teacher, student = _features(0), _features(1)
+    expected = _reference_loss([t.numpy() for t in teacher], [s.numpy() for s in student])
+    assert stfpm_loss(teacher, student).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_loss_is_batch_size_invariant() -> None:
+    teacher, student = _features(2), _features(3)
+    doubled = stfpm_loss([torch.cat([t, t]) for t in teacher], [torch.cat([s, s]) for s in student])
+    assert doubled.item() == pytest.approx(stfpm_loss(teacher, student).item(), rel=1e-6)
+
+
+def test_loss_is_zero_for_identical_features_and_positive_otherwise() -> None:
+    teacher = _features(4)
+    assert stfpm_loss(teacher, [t.clone() for t in teacher]).item() == pytest.approx(0.0, abs=1e-12)
+    assert stfpm_loss(teacher, _features(5)).item() > 0.1
+
+
+def test_anomaly_map_is_product_of_upsampled_layer_maps() -> None:
+    teacher, student = _features(6), _features(7)
+    maps = anomaly_map(teacher, student, size=(32, 32))
+    assert maps.shape == (2, 1, 32, 32)
+    expected = torch.ones(2, 1, 32, 32, dtype=torch.float64)
+    for t, s in zip(teacher, student):
+        cos = torch.nn.functional.cosine_similarity(t, s, dim=1).unsqueeze(1)
+        expected = expected * torch.nn.functional.interpolate(1 - cos, size=(32, 32), mode="bilinear")
+    torch.testing.assert_close(maps.double(), expected, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(image_scores(maps), maps.flatten(1).amax(1))
+
+
+def test_anomaly_map_is_zero_where_student_equals_teacher() -> None:
+    teacher, student = _features(8), _features(9)
+    # make the student equal to the teacher on the left half of every level
+    student = [torch.cat([t[..., : t.shape[-1] // 2], s[..., s.shape[-1] // 2 :]], dim=-1) for t, s in zip(teacher, student)]
+    layer_maps = layer_anomaly_maps(teacher, student)
+    for layer_map in layer_maps:
+        assert torch.all(layer_map[..., : layer_map.shape[-1] // 2].abs() < 1e-6)
+        assert torch.all(layer_map[..., layer_map.shape[-1] // 2 :] > 0)
+    # one level equal everywhere makes the fused map zero everywhere
+    same_first = [teacher[0].clone(), *student[1:]]
+    fused = anomaly_map(teacher, same_first, size=(16, 16))
+    assert fused.abs().max().item() < 1e-6
+    assert fuse_anomaly_maps(layer_maps, (16, 16)).shape == (2, 1, 16, 16)
+
+
+def _hooked_outputs(model: nn.Module, names: tuple[str, ...], images: torch.Tensor) -> list[torch.Tensor]:
+    outputs: dict[str, torch.Tensor] = {}
+    for name in names:
+        model.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o))
+    model(images)
+    return [outputs[name] for name in names]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "mobilenet_v2"])
+def test_truncated_extractor_equals_full_model_intermediates(name: str) -> None:
+    torch.manual_seed(0)
+    full = getattr(torchvision.models, name)(weights=None).eval()
+    layers = resolve_layers(name, None)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = _hooked_outputs(full, layers, images)
+        extractor = build_backbone(name, layers, None, frozen=True)
+        extractor.stages.load_state_dict(_truncated_state(full, extractor))
+        got = extractor(images)
+    assert len(got) == len(expected) == 3
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+    # the deepest stage used is the last one kept: nothing beyond it exists
+    n_stages = len(extractor.stages)
+    assert n_stages == 3
+
+
+def _truncated_state(full: nn.Module, extractor: nn.Module) -> dict[str, torch.Tensor]:
+    """Copy the full model's weights into the extractor, parameter by parameter, in order."""
+    full_state = full.state_dict()
+    target = extractor.stages.state_dict()
+    values = [v for k, v in full_state.items()][: len(target)]
+    return dict(zip(target.keys(), values))
+
+
+def test_local_teacher_weights_are_used_exactly(tmp_path) -> None:
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18(weights=None).eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": reference.state_dict()}, path)
+    model = STFPMModel("resnet18", teacher_weights=str(path))
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = _hooked_outputs(reference, ("layer1", "layer2", "layer3"), images)
+        got = model.teacher(images)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+def test_teacher_weights_of_another_architecture_are_refused(tmp_path) -> None:
+    path = tmp_path / "mobilenet.pth"
+    torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(), path)
+    with pytest.raises(WeightsError, match="do not fit resnet18"):
+        STFPMModel("resnet18", teacher_weights=str(path))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot read teacher weights"):
+        STFPMModel("resnet18", teacher_weights=str(tmp_path / "junk.pth"))
+    with pytest.raises(WeightsError, match="does not exist"):
+        STFPMModel("resnet18", teacher_weights=str(tmp_path / "missing.pth"))
+
+
+def test_failed_imagenet_download_explains_offline_use(monkeypatch) -> None:
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", lambda self, *a, **k: offline())
+    with pytest.raises(WeightsError, match="--teacher-weights PATH"):
+        STFPMModel("resnet18", teacher_weights="imagenet")
+
+
+def test_teacher_is_frozen_and_stays_in_eval_mode() -> None:
+    model = STFPMModel("resnet18", teacher_weights=None)
+    model.train()
+    assert not model.teacher.training and model.student.training
+    model.teacher.train()
+    assert not model.teacher.training
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert all(p.requires_grad for p in model.student.parameters())
+
+
+def test_random_teacher_warns(caplog) -> None:
+    STFPMModel("resnet18", teacher_weights="random")
+    assert "RANDOM weights" in caplog.text
+
+
+def test_heterogeneous_pair_projects_student_to_teacher_channels() -> None:
+    model = STFPMModel("resnet50", student_backbone="resnet18", teacher_weights=None)
+    teacher, student = model(torch.randn(2, 3, 64, 64))
+    assert [t.shape for t in teacher] == [s.shape for s in student]
+    assert all(isinstance(p, nn.Conv2d) for p in model.projections)
+    same = STFPMModel("resnet18", student_backbone="resnet34", teacher_weights=None)
+    assert all(isinstance(p, nn.Identity) for p in same.projections)
+
+
+def test_unknown_backbone_and_layer_are_one_line_errors() -> None:
+    with pytest.raises(WeightsError, match="unknown backbone"):
+        STFPMModel("resnet9000", teacher_weights=None)
+    with pytest.raises(WeightsError, match="has no layer"):
+        STFPMModel("resnet18", layers=["layer7"], teacher_weights=None)
