@@ -18,6 +18,7 @@ def setup_logging(verbose: bool = False) -> None:
     if not verbose:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:

@@ -125,7 +125,7 @@ def _per_defect_type(pred: TestPredictions, labels: np.ndarray) -> dict[str, dic
 def undefined_metrics_note(results: dict[str, Any]) -> str | None:
     """A one-line explanation when AUROCs are undefined, instead of a crash."""
     if results["n_good"] == 0:
-        return "the test split has no good images: AUROC/AUPRO are undefined (reported as n/a)"
+        return "the test split has no good images: image AUROC is undefined (n/a); pixel metrics use the defective images"
     if results["n_defective"] == 0:
         return "the test split has no defective images: AUROC/AUPRO/F1 are undefined (reported as n/a)"
     if results["n_defective"] == results["n_defective_without_mask"]:

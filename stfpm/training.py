@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -21,6 +22,9 @@ from stfpm.errors import CheckpointError
 from stfpm.lightning_model import STFPM
 
 log = logging.getLogger(__name__)
+
+# The teacher is in eval mode on purpose (frozen BatchNorm statistics); Lightning warns about any such module.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 DEFAULT_DATA_ROOT = "./data/mvtec_anomaly_detection"
 
@@ -153,7 +157,7 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
         num_sanity_val_steps=0,
     )
     if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        csv_logger.experiment  # create the run folder through the logger first, so it starts out empty
         (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "category": category}, sort_keys=False))
     log.info("training %s -> %s", category, run_dir)
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)

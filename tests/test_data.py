@@ -240,7 +240,7 @@ def test_scan_category(data_root: Path, caplog: pytest.LogCaptureFixture) -> Non
     cat = data_root / "bottle"
     index = scan_category(cat)
     assert index.root == cat
-    assert [p.name for p in index.train] == ["000.png", "001.png", "002.png", "003.png", "004.jpg", "005.PNG", "006.bmp"]
+    assert index.train == list_images(cat / "train" / "good") and len(index.train) == 7
     by_name = {f"{s.defect_type}/{s.image_path.name}": s for s in index.test}
     assert sorted(by_name) == [f"broken/00{i}.png" for i in range(4)] + ["good/000.png", "good/001.png"]
     assert all(s.label == 0 and s.mask_path is None for s in index.test if s.defect_type == "good")
@@ -312,6 +312,15 @@ def test_image_folder_dataset_collates(data_root: Path) -> None:
     paths = list_images(data_root / "bottle" / "train" / "good")
     batch = next(iter(DataLoader(ImageFolderDataset(paths, ImageTransform(S)), batch_size=4)))
     assert batch["image"].shape == (4, 3, S, S) and batch["path"] == [str(p) for p in paths[:4]]
+
+
+def test_read_error_stays_one_line_from_worker(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"definitely not a png")
+    loader = DataLoader(ImageFolderDataset([bad], ImageTransform(S)), batch_size=1, num_workers=1)
+    with pytest.raises(ImageReadError) as exc:
+        next(iter(loader))
+    assert str(exc.value).startswith(f"cannot read image {bad}:") and "\n" not in str(exc.value)
 
 
 def test_test_dataset_items(data_root: Path, caplog: pytest.LogCaptureFixture) -> None:

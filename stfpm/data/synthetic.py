@@ -425,7 +425,7 @@ def make_synthetic_category(
     If it holds anything else, :class:`SyntheticDataExistsError` (a :class:`FileExistsError`) is raised
     unless ``overwrite`` is true, in which case the ``train``, ``test`` and ``ground_truth`` folders and the
     marker are replaced (other files in the category folder, and anything outside it, are left alone).
-    An existing empty folder is filled without complaint.
+    An existing empty folder, or a tree of ours with the same parameters but missing files, is (re)filled.
     """
     defect_types = _check_args(category, image_size, n_train, n_test_good, n_test_per_defect, defect_types, seed)
     params = {
@@ -447,8 +447,9 @@ def make_synthetic_category(
             raise SyntheticDataExistsError(f"{category_dir} exists and is not a folder")
         if _is_complete(category_dir, params):
             return category_dir
-        if any(category_dir.iterdir()) and not overwrite:
-            old = _read_marker(category_dir)
+        old = _read_marker(category_dir)
+        # A tree of ours with the same parameters but missing files is repaired: the output is deterministic.
+        if any(category_dir.iterdir()) and not overwrite and old != params:
             what = (
                 "a synthetic category written with different parameters"
                 if isinstance(old, dict) and old.get("generator") == params["generator"]

@@ -1,0 +1,10 @@
+#!/usr/bin/env python
+"""Predict defect masks and heatmaps: `python predict.py --category carpet --input DIR --output DIR`."""
+
+import sys
+
+from stfpm.cli import run
+from stfpm.prediction import main
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,112 @@
+"""test.py end to end: result files, batch-size invariance, undefined metrics and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from stfpm.cli import run
+from stfpm.testing import main as evaluate_main
+
+BASE = ["--num-workers", "0", "--accelerator", "cpu"]
+
+
+def _results(path) -> dict:
+    return json.loads((path / "results.json").read_text())
+
+
+def test_test_py_reports_every_metric(trained_run, tmp_path) -> None:
+    out = tmp_path / "eval"
+    assert evaluate_main(["--category", "tiny", "--runs-dir", str(trained_run["runs"]), "--output-dir", str(out),
+                      "--save-images", *BASE]) == 0
+    results = _results(out)
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_f1_max",
+                "image_f1_threshold", "pixel_f1_threshold", "checkpoint", "backbone", "student_backbone"):
+        assert key in results
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_f1_max"):
+        assert 0.0 <= results[key] <= 1.0
+    assert results["category"] == "tiny" and results["n_images"] == 12 and results["n_defective"] == 8
+    assert set(results["per_defect_type"]) == {"scratch", "hole", "stain", "missing"}
+    assert results["checkpoint"] == str(trained_run["checkpoint"])
+    assert (out / "results.csv").read_text().startswith("scope,n_images,image_auroc")
+    assert "| all" in (out / "results.md").read_text()
+    assert len(list((out / "images").rglob("*.png"))) == 12
+    assert (out / "roc_curve.png").stat().st_size > 0 and (out / "score_histogram.png").stat().st_size > 0
+
+
+def test_figures_do_not_depend_on_batch_size(trained_run, tmp_path) -> None:
+    figures = []
+    for batch_size in ("1", "5"):
+        out = tmp_path / batch_size
+        assert evaluate_main(["--checkpoint", str(trained_run["checkpoint"]), "--output-dir", str(out),
+                          "--batch-size", batch_size, *BASE]) == 0
+        figures.append(_results(out))
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_f1_max"):
+        assert figures[0][key] == pytest.approx(figures[1][key], abs=1e-6)
+
+
+def test_default_output_is_the_run_folder(trained_run) -> None:
+    assert evaluate_main(["--category", "tiny", "--runs-dir", str(trained_run["runs"]), *BASE]) == 0
+    assert _results(trained_run["run_dir"])["category"] == "tiny"
+
+
+def test_all_categories_gives_a_table_with_a_mean_row(trained_run, tmp_path) -> None:
+    out = tmp_path / "all"
+    assert evaluate_main(["--category", "all", "--runs-dir", str(trained_run["runs"]), "--output-dir", str(out), *BASE]) == 0
+    rows = json.loads((out / "results_all.json").read_text())
+    assert [r["category"] for r in rows] == ["tiny", "mean"]
+    assert rows[1]["image_auroc"] == pytest.approx(rows[0]["image_auroc"])
+    assert (out / "tiny" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("remove", ["defective", "good"])
+def test_single_class_test_split_reports_undefined_metrics(trained_run, data_copy, tmp_path, remove, caplog) -> None:
+    test_dir = data_copy / "tiny" / "test"
+    for folder in test_dir.iterdir():
+        if (folder.name == "good") == (remove == "good"):
+            shutil.rmtree(folder)
+    out = tmp_path / "eval"
+    assert evaluate_main(["--checkpoint", str(trained_run["checkpoint"]), "--data-root", str(data_copy),
+                      "--output-dir", str(out), *BASE]) == 0
+    results = _results(out)
+    assert results["image_auroc"] is None
+    assert "undefined" in caplog.text
+    if remove == "good":  # defective images still hold normal and defect pixels
+        assert 0 <= results["pixel_auroc"] <= 1 and results["pixel_f1_max"] is not None
+    else:
+        assert results["pixel_auroc"] is None and results["pixel_aupro"] is None
+
+
+def test_bad_checkpoints_and_data_are_one_line_errors(trained_run, data_copy, tmp_path, capsys) -> None:
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"\x00garbage")
+    shutil.rmtree(data_copy / "tiny" / "test")
+    cases = [
+        (["--checkpoint", str(tmp_path / "missing.ckpt")], "does not exist"),
+        (["--checkpoint", str(foreign)], "not an STFPM checkpoint"),
+        (["--checkpoint", str(junk)], "cannot read checkpoint"),
+        (["--category", "nosuch", "--runs-dir", str(trained_run["runs"])], "no trained run"),
+        (["--checkpoint", str(trained_run["checkpoint"]), "--data-root", str(data_copy)], "test"),
+    ]
+    for argv, message in cases:
+        assert run(evaluate_main, [*argv, "--output-dir", str(tmp_path / "o"), *BASE]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and message in err[-1], err
+        assert not any("Traceback" in line for line in err)
+
+
+def test_mismatched_mask_sizes_are_resized_with_a_warning(trained_run, data_copy, tmp_path, caplog) -> None:
+    from PIL import Image
+
+    mask_path = next((data_copy / "tiny" / "ground_truth" / "hole").glob("*_mask.png"))
+    Image.open(mask_path).resize((32, 32), Image.NEAREST).save(mask_path)
+    assert evaluate_main(["--checkpoint", str(trained_run["checkpoint"]), "--data-root", str(data_copy),
+                      "--output-dir", str(tmp_path / "o"), *BASE]) == 0
+    assert "resized" in caplog.text and mask_path.name in caplog.text
+    assert math.isfinite(_results(tmp_path / "o")["pixel_auroc"])

@@ -1,0 +1,142 @@
+"""Training: frozen teacher, heterogeneous pairs, checkpoints, thresholds from validation only, train.py."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from conftest import TRAIN_ARGS
+from stfpm.checkpoint import load_checkpoint
+from stfpm.cli import run
+from stfpm.data import MVTecDataModule, load_image
+from stfpm.inference import Predictor
+from stfpm.lightning_model import STFPM
+from stfpm.training import main as train_main
+
+
+def _fit(model: STFPM, data_root, max_steps: int = 3) -> None:
+    datamodule = MVTecDataModule(data_root, "tiny", image_size=64, batch_size=4, num_workers=0)
+    trainer = pl.Trainer(
+        max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=datamodule)
+
+
+def test_teacher_is_bit_identical_after_fit_and_student_changes(tiny_data) -> None:
+    model = STFPM(backbone="resnet18", teacher_weights="random", image_size=64)
+    teacher_before = {k: v.clone() for k, v in model.model.teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in model.model.student.state_dict().items()}
+    assert any("running_mean" in k for k in teacher_before)
+    _fit(model, tiny_data)
+    for key, value in model.model.teacher.state_dict().items():
+        assert torch.equal(value, teacher_before[key]), f"teacher {key} changed"
+    changed = [k for k, v in model.model.student.state_dict().items() if not torch.equal(v, student_before[k])]
+    assert any(k.endswith("weight") for k in changed) and any("running_mean" in k for k in changed)
+    assert not model.model.teacher.training
+
+
+def test_heterogeneous_pair_trains_and_round_trips_through_checkpoint(tiny_data, tmp_path) -> None:
+    args = [a for a in TRAIN_ARGS if a != "resnet18"]
+    args[args.index("--backbone") + 1 : args.index("--backbone") + 1] = ["mobilenet_v2"]
+    assert train_main([
+        "--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path),
+        "--student-backbone", "resnet18", *args, "--epochs", "1",
+    ]) == 0
+    path = tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+    model = load_checkpoint(path)
+    assert model.hparams["backbone"] == "mobilenet_v2" and model.hparams["student_backbone"] == "resnet18"
+    assert all(isinstance(p, torch.nn.Conv2d) for p in model.model.projections)
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    assert any(k.startswith("model.projections.") for k in state)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key])
+    maps, scores = model.model.predict(torch.randn(2, 3, 64, 64))
+    assert maps.shape == (2, 1, 64, 64) and torch.isfinite(scores).all()
+
+
+def test_train_py_writes_a_loadable_run(trained_run) -> None:
+    run_dir = trained_run["run_dir"]
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["category"] == "tiny" and config["backbone"] == "resnet18" and config["lr"] == 0.4
+    assert (run_dir / "metrics.csv").is_file()
+    model = load_checkpoint(trained_run["checkpoint"])
+    assert model.run_info["category"] == "tiny"
+    assert model.hparams["image_size"] == 64 and model.hparams["layers"] == ["layer1", "layer2", "layer3"]
+    image_thr, pixel_thr = model.thresholds
+    assert math.isfinite(image_thr) and math.isfinite(pixel_thr) and 0 < pixel_thr
+
+
+def test_thresholds_come_from_validation_normals_only(data_copy, tmp_path) -> None:
+    # corrupt every test image: if fit read the test split at all, loading would fail
+    for path in (data_copy / "tiny" / "test").rglob("*.png"):
+        path.write_bytes(b"not an image")
+    assert train_main(["--category", "tiny", "--data-root", str(data_copy), "--output-dir", str(tmp_path), *TRAIN_ARGS]) == 0
+    checkpoint = tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+    model = load_checkpoint(checkpoint)
+    datamodule = MVTecDataModule(data_copy, "tiny", image_size=64, num_workers=0)
+    datamodule.setup("fit")
+    predictor = Predictor(model, device="cpu")
+    batch = torch.stack([predictor.transform(load_image(p)) for p in datamodule.val_paths])
+    maps, scores = predictor.anomaly_maps(batch)
+    assert len(scores) == 2  # 20% of 10 training images
+    assert model.thresholds[0] == pytest.approx(np.quantile(scores.numpy(), 0.99), rel=1e-5)
+    assert model.thresholds[1] == pytest.approx(np.quantile(maps.numpy(), 0.999), rel=1e-5)
+
+
+def test_yaml_config_is_overridden_by_flags(tiny_data, tmp_path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": {"backbone": "resnet18"}, "optimizer": {"lr": 0.01, "momentum": 0.5}}))
+    assert train_main([
+        "--config", str(config), "--lr", "0.02", "--category", "tiny", "--data-root", str(tiny_data),
+        "--output-dir", str(tmp_path / "runs"), *TRAIN_ARGS, "--max-steps", "1",
+    ]) == 0
+    saved = yaml.safe_load((tmp_path / "runs" / "tiny" / "version_0" / "config.yaml").read_text())
+    assert saved["lr"] == 0.02 and saved["momentum"] == 0.5
+
+
+def test_resume_continues_in_the_same_run(tiny_data, tmp_path) -> None:
+    base = ["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS]
+    assert train_main([*base, "--epochs", "1"]) == 0
+    last = tmp_path / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0
+    assert train_main([*base, "--epochs", "2", "--resume", str(last)]) == 0
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "tiny" / "version_1").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--data-root", "/nonexistent/root", "--category", "tiny"], "does not exist"),
+        (["--category", "nosuch"], "found tiny"),
+        (["--category", "tiny", "--teacher-weights", "/nonexistent.pth"], "does not exist"),
+    ],
+)
+def test_bad_training_input_is_one_clear_line(tiny_data, tmp_path, capsys, extra, message) -> None:
+    argv = ["--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS, *extra]
+    assert run(train_main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_unknown_backbone_is_refused_by_the_parser(tiny_data, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        train_main(["--category", "tiny", "--data-root", str(tiny_data), "--backbone", "resnet9"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_val_fraction_zero_trains_without_thresholds(tiny_data, tmp_path) -> None:
+    assert train_main([
+        "--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS,
+        "--val-fraction", "0", "--max-steps", "2",
+    ]) == 0
+    model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "last.ckpt")
+    assert all(math.isnan(t) for t in model.thresholds)
