@@ -36,13 +36,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise CheckpointError(f"{path} is not an STFPM checkpoint written by this project")
     hparams = dict(checkpoint.get("hyper_parameters", {}))
-    hparams["teacher_weights"] = None  # weights are in the state_dict; never download again
+    recorded_weights = hparams.get("teacher_weights")
     try:
-        model = STFPM(**hparams)
+        model = STFPM(**{**hparams, "teacher_weights": None})  # weights are in the state_dict: no download
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except (RuntimeError, TypeError, KeyError, STFPMError) as exc:
         reason = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {path} does not match its recorded architecture: {reason[:200]}") from exc
+    model.hparams["teacher_weights"] = recorded_weights  # keep the record of where the teacher came from
     model.on_load_checkpoint(checkpoint)
     model.checkpoint_path = str(path)
     return model.to(map_location).eval()

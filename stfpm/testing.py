@@ -71,6 +71,7 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, category: st
         "backbone": hp["backbone"],
         "student_backbone": hp["student_backbone"],
         "layers": list(hp["layers"]),
+        "teacher_weights": hp.get("teacher_weights"),
         "image_size": hp["image_size"],
     }
     out_dir = out_dir or _run_dir(checkpoint)

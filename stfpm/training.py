@@ -162,14 +162,14 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
     log.info("training %s -> %s", category, run_dir)
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else Path(checkpoint.last_model_path)
-    image_thr, pixel_thr = model.thresholds
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     log.info(
-        "%s: best checkpoint %s (val_loss %s); thresholds of the last epoch: image %.6g, pixel %.6g",
+        "%s: best checkpoint %s (val_loss %s); calibrated thresholds: image %.6g, pixel %.6g",
         category,
         best,
         f"{float(checkpoint.best_model_score):.6g}" if checkpoint.best_model_score is not None else "n/a",
-        image_thr,
-        pixel_thr,
+        float(state["image_threshold"]),
+        float(state["pixel_threshold"]),
     )
     return best
 
