@@ -38,6 +38,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from stfpm.categories import MVTEC_CATEGORIES
 from stfpm.errors import DownloadError
 
 logger = logging.getLogger(__name__)
@@ -53,24 +54,8 @@ MVTEC_AD_MD5 = "eefca59f2cede9c3fc5b6befbfec275e"
 MVTEC_AD_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
 #: Page where MVTec publishes the dataset (and where a fresh download link can be requested by hand).
 MVTEC_AD_PAGE = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
-#: The 15 categories of MVTec AD; each one is a top-level folder of the archive.
-MVTEC_AD_CATEGORIES: tuple[str, ...] = (
-    "bottle",
-    "cable",
-    "capsule",
-    "carpet",
-    "grid",
-    "hazelnut",
-    "leather",
-    "metal_nut",
-    "pill",
-    "screw",
-    "tile",
-    "toothbrush",
-    "transistor",
-    "wood",
-    "zipper",
-)
+#: Each category is a top-level folder of the archive.
+MVTEC_AD_CATEGORIES = MVTEC_CATEGORIES
 
 #: Prefix of the temporary extraction folders, so leftovers of a killed process are recognisable.
 EXTRACT_TMP_PREFIX = ".stfpm-extract-"

@@ -24,27 +24,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from stfpm.data.io import IMAGE_EXTENSIONS, list_images, load_image, load_mask, resize_mask
+from stfpm.categories import MVTEC_CATEGORIES
 from stfpm.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-MVTEC_CATEGORIES: tuple[str, ...] = (
-    "bottle",
-    "cable",
-    "capsule",
-    "carpet",
-    "grid",
-    "hazelnut",
-    "leather",
-    "metal_nut",
-    "pill",
-    "screw",
-    "tile",
-    "toothbrush",
-    "transistor",
-    "wood",
-    "zipper",
-)
 
 GOOD = "good"
 _MAX_EXAMPLES = 5
