@@ -17,8 +17,8 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from stfpm.backbones import PRESETS
 from stfpm.config import grouped, parse_args, parse_devices
-from stfpm.data import MVTecDataModule, list_categories
-from stfpm.errors import CheckpointError
+from stfpm.data import MVTecDataModule, list_categories, resolve_category_dir
+from stfpm.errors import CheckpointError, DataError
 from stfpm.lightning_model import STFPM
 
 log = logging.getLogger(__name__)
@@ -182,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     config = {k: v for section in grouped(parser, args).values() for k, v in section.items()}
     categories = list_categories(args.data_root) if args.category == "all" else [args.category]
     if not categories:
-        from stfpm.data import resolve_category_dir
-
-        resolve_category_dir(args.data_root, "all")  # raises the one-line "what was found" error
+        if not Path(args.data_root).is_dir():
+            resolve_category_dir(args.data_root, None)  # raises the one-line "does not exist" error
+        raise DataError(f"no category folders (with train/good) found in {args.data_root}")
     if args.resume and len(categories) > 1:
         parser.error("--resume needs a single --category")
     results = {category: train_category(args, category, config) for category in categories}
