@@ -75,7 +75,7 @@ class _FolderDataset(Dataset):
             image = load_image(path)
         except ImageReadError as exc:
             return {"index": index, "error": str(exc)}
-        return {"index": index, "image": self.transform(image), "size": (image.height, image.width)}
+        return {"index": index, "image": self.transform(image), "source": np.asarray(image)}
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "images": torch.stack([i["image"] for i in good]) if good else None,
         "indices": [i["index"] for i in good],
-        "sizes": [i["size"] for i in good],
+        "sources": [i["source"] for i in good],  # decoded once, reused for the heatmap overlay
         "errors": [(i["index"], i["error"]) for i in items if "error" in i],
     }
 
@@ -158,9 +158,8 @@ def _thresholds(args: argparse.Namespace) -> tuple[float | None, float | None]:
     return image_thr, pixel_thr
 
 
-def _write_outputs(target: _Target, pred: Prediction, predictor: Predictor, save_raw: bool) -> None:
+def _write_outputs(target: _Target, image: np.ndarray, pred: Prediction, predictor: Predictor, save_raw: bool) -> None:
     save_png(target.mask, pred.mask)
-    image = np.asarray(load_image(target.source))
     vmax = heatmap_scale(predictor.pixel_threshold, pred.anomaly_map)
     save_png(target.heatmap, overlay(image, pred.anomaly_map, vmax))
     if save_raw:
@@ -222,8 +221,10 @@ def run_prediction(args: argparse.Namespace) -> tuple[int, int, int]:
                 log.warning("skipped %s", message)
                 skipped += 1
             if batch["images"] is not None:
-                for index, pred in zip(batch["indices"], predictor.predict_batch(batch["images"], batch["sizes"])):
-                    _write_outputs(targets[index], pred, predictor, args.save_raw)
+                sizes = [source.shape[:2] for source in batch["sources"]]
+                preds = predictor.predict_batch(batch["images"], sizes)
+                for index, source, pred in zip(batch["indices"], batch["sources"], preds):
+                    _write_outputs(targets[index], source, pred, predictor, args.save_raw)
                     rows.append(_row(targets[index], pred, predictor))
             bar.update(len(batch["indices"]) + len(batch["errors"]))
     elapsed = time.perf_counter() - start
