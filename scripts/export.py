@@ -1,0 +1,30 @@
+#!/usr/bin/env python
+"""Export a trained checkpoint: `python scripts/export.py --checkpoint CKPT --output model.pt [--format ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stfpm.checkpoint import load_checkpoint  # noqa: E402
+from stfpm.cli import run  # noqa: E402
+from stfpm.export import FORMATS, export  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint written by train.py")
+    parser.add_argument("--output", required=True, help="file to write (metadata goes to OUTPUT.json)")
+    parser.add_argument("--format", default="torchscript", choices=FORMATS)
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    path = export(load_checkpoint(args.checkpoint), Path(args.output), args.format)
+    print(f"exported {args.format} to {path} (metadata: {path}.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

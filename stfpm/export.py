@@ -1,0 +1,96 @@
+"""Export a trained model for deployment without this package: TorchScript, torch.export or ONNX.
+
+The exported network takes RGB images already resized to the training size, as floats in [0, 1]
+([B,3,S,S]); ImageNet normalisation is built in. It returns the anomaly maps [B,1,S,S] and image scores [B],
+computed by the same :meth:`STFPMModel.predict` as test.py and predict.py. A JSON file beside it records the
+image size, the calibrated thresholds and the backbones, which a deployment needs to decide.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from stfpm.atomic import atomic_write_text
+from stfpm.errors import STFPMError
+from stfpm.lightning_model import STFPM
+from stfpm.torch_model import STFPMModel
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("torchscript", "exported_program", "onnx")
+
+
+class DeployableSTFPM(nn.Module):
+    """Normalisation followed by the STFPM forward pass: images in [0, 1] -> (maps, scores)."""
+
+    def __init__(self, model: STFPMModel, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.predict((images - self.mean) / self.std)
+
+
+def deployable(model: STFPM) -> DeployableSTFPM:
+    """The exportable network of a trained Lightning model, in eval mode on the CPU."""
+    hp = model.hparams
+    return DeployableSTFPM(model.model, tuple(hp["mean"]), tuple(hp["std"])).cpu().eval()
+
+
+def metadata(model: STFPM, fmt: str) -> dict:
+    """What a deployment needs besides the network."""
+    hp = model.hparams
+    image_thr, pixel_thr = model.thresholds
+    return {
+        "format": fmt,
+        "input": f"float32 RGB [B,3,{hp['image_size']},{hp['image_size']}] in [0, 1] (resized, not normalised)",
+        "outputs": ["anomaly_maps [B,1,S,S]", "image_scores [B]"],
+        "image_size": hp["image_size"],
+        "mean": list(hp["mean"]),
+        "std": list(hp["std"]),
+        "image_threshold": image_thr,
+        "pixel_threshold": pixel_thr,
+        "backbone": hp["backbone"],
+        "student_backbone": hp["student_backbone"],
+        "layers": list(hp["layers"]),
+        "category": model.run_info.get("category"),
+    }
+
+
+def export(model: STFPM, output: Path, fmt: str = "torchscript") -> Path:
+    """Write the network to ``output`` and its metadata to ``output`` + ``.json``."""
+    if fmt not in FORMATS:
+        raise STFPMError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    net = deployable(model)
+    size = model.hparams["image_size"]
+    example = torch.rand(2, 3, size, size)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(net, example), str(output))
+        elif fmt == "exported_program":
+            program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
+            torch.export.save(program, str(output))
+        else:
+            _export_onnx(net, example, output, batch)
+    json_path = output.with_name(output.name + ".json")
+    atomic_write_text(json_path, json.dumps(metadata(model, fmt), indent=2) + "\n")
+    return output
+
+
+def _export_onnx(net: nn.Module, example: Tensor, output: Path, batch) -> None:
+    try:
+        torch.onnx.export(
+            net, (example,), str(output), input_names=["images"], output_names=["anomaly_maps", "image_scores"],
+            dynamic_shapes=({0: batch},), dynamo=True,
+        )
+    except ImportError as exc:
+        raise STFPMError(f"ONNX export needs extra packages ({exc}); pip install onnx onnxscript") from exc

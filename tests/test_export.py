@@ -1,0 +1,32 @@
+"""Exported networks give the same maps and scores as the Python model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from stfpm.checkpoint import load_checkpoint
+from stfpm.export import deployable, export
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported_program"])
+def test_export_matches_eager_model(trained_run, tmp_path, fmt) -> None:
+    model = load_checkpoint(trained_run["checkpoint"])
+    path = export(model, tmp_path / f"model.{fmt}", fmt)
+    meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
+    assert meta["image_size"] == 64 and meta["image_threshold"] == pytest.approx(model.thresholds[0])
+    images = torch.rand(3, 3, 64, 64)  # a batch size other than the one used for export
+    loaded = torch.jit.load(str(path)) if fmt == "torchscript" else torch.export.load(str(path)).module()
+    with torch.no_grad():
+        maps, scores = loaded(images)
+        expected_maps, expected_scores = deployable(model)(images)
+    torch.testing.assert_close(maps, expected_maps, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(scores, expected_scores, rtol=1e-5, atol=1e-6)
+    # normalisation is built in: same result as the Predictor's preprocessing path
+    mean = torch.tensor(model.hparams["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.hparams["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        direct, _ = model.model.predict((images - mean) / std)
+    torch.testing.assert_close(maps, direct, rtol=1e-5, atol=1e-6)
