@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,28 @@ from stfpm.lightning_model import CHECKPOINT_KEY, STFPM
 CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The raw checkpoint dictionary, or a one-line error; only tensors and plain types are unpickled."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint file (truncated or another format?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it holds objects other than tensors and plain values, "
+            "so it was not written by this project"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {reason[:200]}") from exc
+
+
+def require_ours(checkpoint: Any, path: Path) -> None:
+    """Refuse checkpoints that this project did not write (another model, a bare state_dict...)."""
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise CheckpointError(f"{path} is not an STFPM checkpoint written by this project")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> STFPM:
@@ -32,9 +47,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     checkpoint itself, so nothing is downloaded and an offline machine can test and predict.
     """
     path = Path(path).expanduser()
-    checkpoint = _read(path)
-    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
-        raise CheckpointError(f"{path} is not an STFPM checkpoint written by this project")
+    checkpoint = read_checkpoint(path)
+    require_ours(checkpoint, path)
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     recorded_weights = hparams.get("teacher_weights")
     try:

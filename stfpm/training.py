@@ -16,9 +16,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from stfpm.backbones import PRESETS
+from stfpm.checkpoint import read_checkpoint, require_ours
 from stfpm.config import grouped, parse_args, parse_devices
 from stfpm.data import MVTecDataModule, list_categories, resolve_category_dir
-from stfpm.errors import CheckpointError, DataError
+from stfpm.errors import DataError
 from stfpm.lightning_model import STFPM
 
 log = logging.getLogger(__name__)
@@ -92,11 +93,15 @@ def _model_kwargs(args: argparse.Namespace) -> dict:
 
 def _resumed_model(path: Path, args: argparse.Namespace) -> STFPM:
     """A model with the architecture recorded in ``path``; Lightning restores its weights in ``fit``."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint to resume {path} does not exist")
-    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-    if not hparams:
-        raise CheckpointError(f"{path} is not an STFPM checkpoint written by this project")
+    checkpoint = read_checkpoint(path)
+    require_ours(checkpoint, path)
+    hparams = dict(checkpoint["hyper_parameters"])
+    for option in ("backbone", "image_size"):
+        if getattr(args, option) != hparams.get(option):
+            log.warning(
+                "resuming %s: --%s %s ignored, the checkpoint's %s is used",
+                path, option.replace("_", "-"), getattr(args, option), hparams.get(option),
+            )
     hparams.update(teacher_weights=None, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     return STFPM(**hparams)
 
