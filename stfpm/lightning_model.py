@@ -81,7 +81,7 @@ class STFPM(pl.LightningModule):
         )
         self.image_threshold.fill_(image_thr)
         self.pixel_threshold.fill_(pixel_thr)
-        self.log_dict({"image_threshold": image_thr, "pixel_threshold": pixel_thr}, sync_dist=False)
+        self.log_dict({"image_threshold": image_thr, "pixel_threshold": pixel_thr}, sync_dist=True)
 
     def _collect_validation(self) -> tuple[Tensor | None, Tensor | None]:
         """Validation scores and maps of this epoch, gathered from every process under DDP."""

@@ -14,6 +14,7 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from stfpm.backbones import PRESETS
 from stfpm.checkpoint import read_checkpoint, require_ours
@@ -167,6 +168,8 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
     log.info("training %s -> %s", category, run_dir)
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else Path(checkpoint.last_model_path)
+    if not trainer.is_global_zero:
+        return best
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     log.info(
         "%s: best checkpoint %s (val_loss %s); calibrated thresholds: image %.6g, pixel %.6g",
@@ -193,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and len(categories) > 1:
         parser.error("--resume needs a single --category")
     results = {category: train_category(args, category, config) for category in categories}
-    for category, path in results.items():
-        print(f"{category}: {path}")
+    if rank_zero_only.rank == 0:  # under DDP every process gets here; one report is enough
+        for category, path in results.items():
+            print(f"{category}: {path}")
     return 0

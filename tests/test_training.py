@@ -79,8 +79,13 @@ def test_thresholds_come_from_validation_normals_only(data_copy, tmp_path) -> No
         path.write_bytes(b"not an image")
     assert train_main(["--category", "tiny", "--data-root", str(data_copy), "--output-dir", str(tmp_path), *TRAIN_ARGS]) == 0
     checkpoint = tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+    _assert_thresholds_match_validation_images(checkpoint, data_copy)
+
+
+def _assert_thresholds_match_validation_images(checkpoint, data_root) -> None:
+    """The stored thresholds are the quantiles of the maps of ALL held-out validation images."""
     model = load_checkpoint(checkpoint)
-    datamodule = MVTecDataModule(data_copy, "tiny", image_size=64, num_workers=0)
+    datamodule = MVTecDataModule(data_root, "tiny", image_size=64, num_workers=0)
     datamodule.setup("fit")
     predictor = Predictor(model, device="cpu")
     batch = torch.stack([predictor.transform(load_image(p)) for p in datamodule.val_paths])
@@ -140,3 +145,20 @@ def test_val_fraction_zero_trains_without_thresholds(tiny_data, tmp_path) -> Non
     ]) == 0
     model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "last.ckpt")
     assert all(math.isnan(t) for t in model.thresholds)
+
+
+def test_ddp_on_two_cpu_processes_gathers_validation_for_thresholds(tiny_data, tmp_path) -> None:
+    """The multi-process path: DDP across two CPU processes writes one run with finite thresholds."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, str(repo / "train.py"), "--category", "tiny", "--data-root", str(tiny_data),
+            "--output-dir", str(tmp_path), *TRAIN_ARGS, "--epochs", "1", "--devices", "2", "--strategy", "ddp"]
+    done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "tiny").iterdir()] == ["version_0"]
+    # each process validates one of the two images: equal quantiles prove the maps were gathered
+    _assert_thresholds_match_validation_images(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt", tiny_data)
+    assert done.stdout.count("best.ckpt") == 1  # one report, from rank 0
