@@ -10,12 +10,18 @@ from typing import Callable
 from stfpm.errors import STFPMError
 
 
+def _drop_advertising(record: logging.LogRecord) -> bool:
+    """Lightning logs tips about optional cloud products at every start; they are not about this run."""
+    return "💡 Tip" not in record.getMessage()
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Plain ``level: message`` lines on stderr; quieter third-party chatter unless ``verbose``."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s: %(message)s", force=True
     )
     if not verbose:
+        logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_drop_advertising)
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
