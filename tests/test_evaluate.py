@@ -110,3 +110,13 @@ def test_mismatched_mask_sizes_are_resized_with_a_warning(trained_run, data_copy
                       "--output-dir", str(tmp_path / "o"), *BASE]) == 0
     assert "resized" in caplog.text and mask_path.name in caplog.text
     assert math.isfinite(_results(tmp_path / "o")["pixel_auroc"])
+
+
+def test_defective_images_without_mask_are_left_out_of_pixel_metrics(trained_run, data_copy, tmp_path) -> None:
+    next((data_copy / "tiny" / "ground_truth" / "stain").glob("*_mask.png")).unlink()
+    out = tmp_path / "o"
+    assert evaluate_main(["--checkpoint", str(trained_run["checkpoint"]), "--data-root", str(data_copy),
+                          "--output-dir", str(out), *BASE]) == 0
+    results = _results(out)
+    assert results["n_defective_without_mask"] == 1 and results["n_defective"] == 8
+    assert math.isfinite(results["pixel_auroc"]) and math.isfinite(results["image_auroc"])
