@@ -133,6 +133,10 @@ def _refuse_overwrite(targets: list[_Target], output: Path, args: argparse.Names
     if args.overwrite:
         return
     planned = [output / "predictions.csv"] + [t.mask for t in targets] + [t.heatmap for t in targets]
+    if args.json:
+        planned.append(output / "predictions.json")
+    if args.save_raw:
+        planned += [t.raw for t in targets]
     existing = [p for p in planned if p.exists()]
     if existing:
         raise STFPMError(
