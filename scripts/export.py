@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by train.py")
     parser.add_argument("--output", required=True, help="file to write (metadata goes to OUTPUT.json)")
-    parser.add_argument("--format", default="torchscript", choices=FORMATS)
+    parser.add_argument("--format", default="exported_program", choices=FORMATS, help="exported_program (torch.export, .pt2), torchscript (deprecated by PyTorch) or onnx")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     path = export(load_checkpoint(args.checkpoint), Path(args.output), args.format)

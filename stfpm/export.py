@@ -22,7 +22,7 @@ from stfpm.torch_model import STFPMModel
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("torchscript", "exported_program", "onnx")
+FORMATS = ("exported_program", "torchscript", "onnx")
 
 
 class DeployableSTFPM(nn.Module):
@@ -64,7 +64,7 @@ def metadata(model: STFPM, fmt: str) -> dict:
     }
 
 
-def export(model: STFPM, output: Path, fmt: str = "torchscript") -> Path:
+def export(model: STFPM, output: Path, fmt: str = "exported_program") -> Path:
     """Write the network to ``output`` and its metadata to ``output`` + ``.json``."""
     if fmt not in FORMATS:
         raise STFPMError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
