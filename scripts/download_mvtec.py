@@ -25,7 +25,7 @@ from stfpm.download import (  # noqa: E402
     MVTEC_AD_URL,
     download_mvtec,
 )
-from stfpm.errors import STFPMError  # noqa: E402
+from stfpm.cli import run  # noqa: E402
 
 logger = logging.getLogger("download_mvtec")
 
@@ -78,37 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the download; returns the exit code (0 success, 2 user-facing error, 130 interrupted)."""
+    """Run the download; user-facing errors propagate as STFPMError (see :func:`stfpm.cli.run`)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
-
     if args.md5 or args.sha256:
         md5, sha256 = args.md5, args.sha256
     elif args.url:
         md5 = sha256 = None
     else:
         md5, sha256 = MVTEC_AD_MD5, MVTEC_AD_SHA256
-    try:
-        download_mvtec(
-            args.data_root,
-            category=args.category,
-            url=args.url or MVTEC_AD_URL,
-            md5=md5,
-            sha256=sha256,
-            keep_archive=args.keep_archive,
-            timeout=args.timeout,
-            retries=args.retries,
-            progress=not args.no_progress,
-        )
-    except STFPMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; re-run the same command to resume the download", file=sys.stderr)
-        return 130
+    download_mvtec(
+        args.data_root,
+        category=args.category,
+        url=args.url or MVTEC_AD_URL,
+        md5=md5,
+        sha256=sha256,
+        keep_archive=args.keep_archive,
+        timeout=args.timeout,
+        retries=args.retries,
+        progress=not args.no_progress,
+    )
     logger.info("MVTec AD is ready in %s", args.data_root)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, interrupted="error: interrupted; re-run the same command to resume the download"))

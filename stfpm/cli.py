@@ -27,14 +27,17 @@ def setup_logging(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
-def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+def run(
+    main: Callable[[list[str] | None], int], argv: list[str] | None = None, interrupted: str = "interrupted"
+) -> int:
     """Run an entry point; a user error becomes ``error: ...`` on stderr and exit code 2."""
-    setup_logging("--verbose" in (argv if argv is not None else sys.argv))
+    args = argv if argv is not None else sys.argv
+    setup_logging("--verbose" in args or "-v" in args)
     try:
         return main(argv)
     except STFPMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
