@@ -20,6 +20,14 @@ class ConfigError(STFPMError):
     """A configuration file is missing, malformed or names an unknown option."""
 
 
+def new_parser(description: str) -> argparse.ArgumentParser:
+    """An entry point's parser with the options every script shares: ``--config`` and ``--verbose``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", help="YAML file of defaults (see configs/); flags override it")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    return parser
+
+
 def _flatten(mapping: dict[str, Any], source: Path) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in mapping.items():

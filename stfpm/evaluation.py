@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,12 +66,6 @@ def predict_test_split(model: STFPM, datamodule: MVTecDataModule, trainer_kwargs
     trainer = pl.Trainer(logger=False, callbacks=[collector], **trainer_kwargs)
     trainer.predict(model, dataloaders=datamodule.test_dataloader(), return_predictions=False)
     return collector.data
-
-
-def _safe(fn, *args) -> float:
-    """A metric, or NaN when it is undefined (one class only)."""
-    value = fn(*args)
-    return float(value[0] if isinstance(value, tuple) else value)
 
 
 def _pixel_subset(pred: TestPredictions, select: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

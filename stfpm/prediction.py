@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from stfpm.atomic import atomic_write_bytes, atomic_write_text
 from stfpm.checkpoint import find_latest_checkpoint, load_checkpoint
-from stfpm.config import parse_args
+from stfpm.config import new_parser, parse_args
 from stfpm.data import ImageTransform, list_images, load_image
 from stfpm.errors import DataError, ImageReadError, STFPMError
 from stfpm.inference import Prediction, Predictor
@@ -34,12 +34,7 @@ CSV_COLUMNS = ("path", "image_score", "image_threshold", "is_anomalous", "defect
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Write black/white defect masks (0/255) and heatmaps for new images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--config", help="YAML file of defaults; flags override it")
-    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser = new_parser("Write black/white defect masks (0/255) and heatmaps for new images.")
     parser.add_argument("--checkpoint", help="checkpoint written by train.py")
     parser.add_argument("--category", help="use the latest run of this category (instead of --checkpoint)")
     parser.add_argument("--runs-dir", default="runs", help="where train.py wrote its runs")

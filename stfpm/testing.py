@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from stfpm.checkpoint import find_latest_checkpoint, list_trained_categories, load_checkpoint
-from stfpm.config import parse_args, parse_devices
+from stfpm.config import new_parser, parse_args, parse_devices
 from stfpm.data import MVTecDataModule
 from stfpm.errors import CheckpointError
 from stfpm.evaluation import compute_metrics, predict_test_split, undefined_metrics_note
@@ -21,12 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Evaluate STFPM on the test split: image/pixel AUROC, pixel AUPRO, F1-max, per defect type.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--config", help="YAML file of defaults; flags override it")
-    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser = new_parser("Evaluate STFPM on the test split: image/pixel AUROC, pixel AUPRO, F1-max, per defect type.")
     parser.add_argument("--category", help="category to evaluate (its latest run), or `all`")
     parser.add_argument("--checkpoint", help="evaluate this checkpoint instead of the latest run")
     parser.add_argument("--data-root", help=f"dataset root (default: the one recorded at training, else {DEFAULT_DATA_ROOT})")

@@ -18,7 +18,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from stfpm.backbones import PRESETS
 from stfpm.checkpoint import read_checkpoint, require_ours
-from stfpm.config import grouped, parse_args, parse_devices
+from stfpm.config import grouped, new_parser, parse_args, parse_devices
 from stfpm.data import MVTecDataModule, list_categories, resolve_category_dir
 from stfpm.errors import DataError
 from stfpm.lightning_model import STFPM
@@ -32,12 +32,7 @@ DEFAULT_DATA_ROOT = "./data/mvtec_anomaly_detection"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Train STFPM on one category (or `all`) of an MVTec-AD-layout dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--config", help="YAML file of defaults (see configs/); flags override it")
-    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser = new_parser("Train STFPM on one category (or `all`) of an MVTec-AD-layout dataset.")
     data = parser.add_argument_group("data")
     data.add_argument("--category", help="category folder name under --data-root, or `all`")
     data.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="dataset root in MVTec AD layout")
