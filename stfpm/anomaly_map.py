@@ -1,10 +1,23 @@
-"""From teacher/student features to the fused anomaly map and the image score."""
+"""From teacher/student features to the fused anomaly map and the image score.
+
+One module, :class:`AnomalyMapGenerator`, owns every step after the networks: per-level maps, fusion, optional
+Gaussian smoothing and the image score. The model's ``predict`` (test.py, predict.py, the export) and the
+threshold calibration all go through it, so a setting changes every path at once.
+"""
 
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+FUSIONS = ("product", "sum")
+"""``product``: the official fusion, levels multiplied. ``sum``: each level divided by its mean on the
+validation normals (so every level weighs the same), then added; a defect seen clearly by one level alone
+then still shows, where the product needs all levels to agree."""
 
 
 def layer_anomaly_maps(teacher_features: list[Tensor], student_features: list[Tensor]) -> list[Tensor]:
@@ -17,19 +30,93 @@ def layer_anomaly_maps(teacher_features: list[Tensor], student_features: list[Te
     return maps
 
 
-def fuse_anomaly_maps(layer_maps: list[Tensor], size: tuple[int, int]) -> Tensor:
-    """Upsample every level's map bilinearly to ``size`` and multiply them, as the official code does."""
-    fused = torch.ones((layer_maps[0].shape[0], 1, *size), dtype=torch.float32, device=layer_maps[0].device)
-    for layer_map in layer_maps:
-        fused = fused * F.interpolate(layer_map, size=size, mode="bilinear", align_corners=False)
-    return fused
-
-
-def anomaly_map(teacher_features: list[Tensor], student_features: list[Tensor], size: tuple[int, int]) -> Tensor:
-    """The fused anomaly map [B,1,H,W] of a batch."""
-    return fuse_anomaly_maps(layer_anomaly_maps(teacher_features, student_features), size)
+def gaussian_kernel(sigma: float) -> Tensor:
+    """A normalised 1-D Gaussian of radius ``ceil(4 sigma)`` (as scipy's default truncation)."""
+    radius = max(1, math.ceil(4.0 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
 
 
 def image_scores(maps: Tensor) -> Tensor:
     """Image-level anomaly score: the maximum of each map, shape [B]."""
     return maps.flatten(start_dim=1).amax(dim=1)
+
+
+class AnomalyMapGenerator(nn.Module):
+    """Per-level maps -> fused map at the input size -> optional Gaussian smoothing -> image score (its max).
+
+    ``level_scale`` holds one factor per level applied before fusion; it stays 1 for the product fusion (a
+    constant factor would not change any ranking) and is set from the validation normals for ``sum``
+    (:meth:`fit_level_scale`). It is a buffer, so it travels with checkpoints and exports.
+    """
+
+    def __init__(self, num_levels: int, fusion: str = "product", sigma: float = 0.0) -> None:
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if not (sigma >= 0 and math.isfinite(sigma)):
+            raise ValueError(f"smoothing sigma must be >= 0, got {sigma}")
+        self.fusion = fusion
+        self.sigma = float(sigma)
+        self.register_buffer("level_scale", torch.ones(num_levels))
+        self.register_buffer("kernel", gaussian_kernel(sigma) if sigma > 0 else torch.ones(1), persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        # checkpoints written before per-level scaling existed hold no level_scale: they used the product, scale 1
+        state_dict.setdefault(prefix + "level_scale", torch.ones_like(self.level_scale))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def fuse(self, layer_maps: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
+        """Upsample every level's map bilinearly to ``size`` and fuse them; [B,1,H,W]."""
+        fused: Tensor | None = None
+        for level, layer_map in enumerate(layer_maps):
+            up = F.interpolate(layer_map.float(), size=size, mode="bilinear", align_corners=False)
+            if self.fusion == "sum":
+                up = up * self.level_scale[level]
+                fused = up if fused is None else fused + up
+            else:
+                fused = up if fused is None else fused * up
+        assert fused is not None, "no feature level"
+        return fused
+
+    def smooth(self, maps: Tensor) -> Tensor:
+        """Separable Gaussian blur of [B,1,H,W] maps (reflect padding); identity when sigma is 0."""
+        if self.sigma <= 0:
+            return maps
+        k = self.kernel.to(maps.dtype)
+        radius = (k.numel() - 1) // 2
+        pad_h, pad_w = min(radius, maps.shape[-2] - 1), min(radius, maps.shape[-1] - 1)
+        out = F.pad(maps, (pad_w, pad_w, 0, 0), mode="reflect")
+        out = F.conv2d(out, k[radius - pad_w: radius + pad_w + 1].view(1, 1, 1, -1))
+        out = F.pad(out, (0, 0, pad_h, pad_h), mode="reflect")
+        out = F.conv2d(out, k[radius - pad_h: radius + pad_h + 1].view(1, 1, -1, 1))
+        return out
+
+    def forward(self, layer_maps: Sequence[Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Anomaly maps [B,1,H,W] and image scores [B]."""
+        maps = self.smooth(self.fuse(layer_maps, size))
+        return maps, image_scores(maps)
+
+    @torch.no_grad()
+    def fit_level_scale(self, layer_maps: Sequence[Tensor]) -> None:
+        """Set the per-level factors from the level maps of normal validation images (``sum`` fusion only)."""
+        if self.fusion != "sum":
+            return
+        for level, layer_map in enumerate(layer_maps):
+            mean = float(layer_map.float().mean())
+            self.level_scale[level] = 1.0 / mean if mean > 0 else 1.0
+
+    def extra_repr(self) -> str:
+        return f"fusion={self.fusion}, sigma={self.sigma}"
+
+
+def anomaly_map(teacher_features: list[Tensor], student_features: list[Tensor], size: tuple[int, int]) -> Tensor:
+    """The official fused anomaly map [B,1,H,W] of a batch: levels multiplied, no smoothing."""
+    generator = AnomalyMapGenerator(len(teacher_features)).to(teacher_features[0].device)
+    return generator(layer_anomaly_maps(teacher_features, student_features), size)[0]
+
+
+def fuse_anomaly_maps(layer_maps: list[Tensor], size: tuple[int, int]) -> Tensor:
+    """The official fusion of per-level maps: bilinear upsampling to ``size``, then the product."""
+    return AnomalyMapGenerator(len(layer_maps)).to(layer_maps[0].device).fuse(layer_maps, size)

@@ -12,8 +12,9 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from stfpm.data import MVTecDataModule
+from stfpm.data.io import as_hw
 from stfpm.lightning_model import STFPM
-from stfpm.metrics import aupro, auroc, f1_max
+from stfpm.metrics import aupro, auroc, f1_max, overlap_at_threshold, rates_at_threshold, tpr_at_fpr
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,8 @@ class TestPredictions:
 
     scores: np.ndarray  # float32 [N]
     labels: np.ndarray  # int8 [N]
-    maps: np.ndarray  # float32 [N,S,S]
-    masks: np.ndarray  # bool [N,S,S]
+    maps: np.ndarray  # float32 [N,H,W]
+    masks: np.ndarray  # bool [N,H,W]
     has_mask: np.ndarray  # bool [N]: False for defective images without a ground-truth mask
     defect_types: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
@@ -34,13 +35,13 @@ class TestPredictions:
 class _Collector(BasePredictionWriter):
     """Copies each batch's outputs into preallocated arrays, so the maps are held once, not twice."""
 
-    def __init__(self, n: int, size: int) -> None:
+    def __init__(self, n: int, size: tuple[int, int]) -> None:
         super().__init__(write_interval="batch")
         self.data = TestPredictions(
             scores=np.empty(n, np.float32),
             labels=np.empty(n, np.int8),
-            maps=np.empty((n, size, size), np.float32),
-            masks=np.empty((n, size, size), bool),
+            maps=np.empty((n, *size), np.float32),
+            masks=np.empty((n, *size), bool),
             has_mask=np.empty(n, bool),
         )
         self.offset = 0
@@ -62,7 +63,7 @@ def predict_test_split(model: STFPM, datamodule: MVTecDataModule, trainer_kwargs
     """Run the model over the test split with Lightning (progress bar, device placement, precision)."""
     datamodule.setup("test")
     n = len(datamodule.test_dataset)
-    collector = _Collector(n, model.hparams["image_size"])
+    collector = _Collector(n, as_hw(model.hparams["image_size"]))
     trainer = pl.Trainer(logger=False, callbacks=[collector], **trainer_kwargs)
     trainer.predict(model, dataloaders=datamodule.test_dataloader(), return_predictions=False)
     return collector.data
@@ -75,8 +76,17 @@ def _pixel_subset(pred: TestPredictions, select: np.ndarray) -> tuple[np.ndarray
     return pred.maps[select], pred.masks[select]
 
 
-def compute_metrics(pred: TestPredictions, fpr_limit: float = 0.3) -> dict[str, Any]:
-    """All figures of one category; undefined ones (a single class present) are NaN."""
+def compute_metrics(
+    pred: TestPredictions,
+    fpr_limit: float = 0.3,
+    image_threshold: float = math.nan,
+    pixel_threshold: float = math.nan,
+) -> dict[str, Any]:
+    """All figures of one category; undefined ones (a single class present, no threshold) are NaN.
+
+    ``image_threshold`` and ``pixel_threshold`` are the decision thresholds of the model (the calibrated ones
+    stored in the checkpoint): the operating-point figures say what a user of ``predict.py`` gets with them.
+    """
     labels = pred.labels.astype(bool)
     maps, masks = _pixel_subset(pred, pred.has_mask)
     image_f1, image_thr = f1_max(pred.scores, labels)
@@ -94,13 +104,40 @@ def compute_metrics(pred: TestPredictions, fpr_limit: float = 0.3) -> dict[str, 
         "n_good": int((~labels).sum()),
         "n_defective": int(labels.sum()),
         "n_defective_without_mask": int((labels & ~pred.has_mask).sum()),
+        **operating_point(pred.scores, labels, maps, masks, image_threshold, pixel_threshold),
     }
-    results["per_defect_type"] = _per_defect_type(pred, labels)
+    results["per_defect_type"] = _per_defect_type(pred, labels, image_threshold)
     return results
 
 
-def _per_defect_type(pred: TestPredictions, labels: np.ndarray) -> dict[str, dict[str, Any]]:
-    """Image and pixel AUROC of each defect type against the good images."""
+def operating_point(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    maps: np.ndarray,
+    masks: np.ndarray,
+    image_threshold: float,
+    pixel_threshold: float,
+) -> dict[str, float]:
+    """What the decision thresholds deliver on the test split, and the image ROC at fixed false-alarm rates.
+
+    Image rates count images whose score >= ``image_threshold``; pixel figures count the pixels of the
+    images with ground truth (good images included) whose map value >= ``pixel_threshold``.
+    """
+    tpr, fpr = rates_at_threshold(scores, labels, image_threshold)
+    precision, recall, iou = overlap_at_threshold(maps, masks, pixel_threshold) if masks.any() else (math.nan,) * 3
+    return {
+        "image_tpr_at_threshold": tpr,
+        "image_fpr_at_threshold": fpr,
+        "pixel_precision_at_threshold": precision,
+        "pixel_recall_at_threshold": recall,
+        "pixel_iou_at_threshold": iou,
+        "image_tpr_at_1pct_fpr": tpr_at_fpr(scores, labels, 0.01),
+        "image_tpr_at_5pct_fpr": tpr_at_fpr(scores, labels, 0.05),
+    }
+
+
+def _per_defect_type(pred: TestPredictions, labels: np.ndarray, image_threshold: float) -> dict[str, dict[str, Any]]:
+    """Image and pixel AUROC of each defect type against the good images, and the share of it flagged."""
     types = np.asarray(pred.defect_types)
     good = ~labels
     out: dict[str, dict[str, Any]] = {}
@@ -111,6 +148,7 @@ def _per_defect_type(pred: TestPredictions, labels: np.ndarray) -> dict[str, dic
             "n_images": int((types == defect).sum()),
             "image_auroc": auroc(pred.scores[select], labels[select]),
             "pixel_auroc": auroc(maps, masks),
+            "image_tpr_at_threshold": rates_at_threshold(pred.scores[select], labels[select], image_threshold)[0],
         }
     return out
 

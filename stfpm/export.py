@@ -1,7 +1,7 @@
 """Export a trained model for deployment without this package: TorchScript, torch.export or ONNX.
 
 The exported network takes RGB images already resized to the training size, as floats in [0, 1]
-([B,3,S,S]); ImageNet normalisation is built in. It returns the anomaly maps [B,1,S,S] and image scores [B],
+([B,3,H,W]); ImageNet normalisation is built in. It returns the anomaly maps [B,1,H,W] and image scores [B],
 computed by the same :meth:`STFPMModel.predict` as test.py and predict.py. A JSON file beside it records the
 image size, the calibrated thresholds and the backbones, which a deployment needs to decide.
 """
@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from stfpm.atomic import atomic_write_text
+from stfpm.data.io import as_hw
 from stfpm.errors import STFPMError
 from stfpm.lightning_model import STFPM
 from stfpm.torch_model import STFPMModel
@@ -47,12 +48,16 @@ def deployable(model: STFPM) -> DeployableSTFPM:
 def metadata(model: STFPM, fmt: str) -> dict:
     """What a deployment needs besides the network."""
     hp = model.hparams
+    height, width = as_hw(hp["image_size"])
     image_thr, pixel_thr = model.thresholds
     return {
         "format": fmt,
-        "input": f"float32 RGB [B,3,{hp['image_size']},{hp['image_size']}] in [0, 1] (resized, not normalised)",
-        "outputs": ["anomaly_maps [B,1,S,S]", "image_scores [B]"],
+        "input": f"float32 RGB [B,3,{height},{width}] in [0, 1] (resized, not normalised)",
+        "resize": f"the whole image, bilinear, to height {height} x width {width} (no crop, aspect not kept)",
+        "outputs": [f"anomaly_maps [B,1,{height},{width}]", "image_scores [B]"],
         "image_size": hp["image_size"],
+        "map_fusion": hp.get("map_fusion", "product"),
+        "map_sigma": hp.get("map_sigma", 0.0),
         "mean": list(hp["mean"]),
         "std": list(hp["std"]),
         "image_threshold": image_thr,
@@ -69,8 +74,7 @@ def export(model: STFPM, output: Path, fmt: str = "exported_program") -> Path:
     if fmt not in FORMATS:
         raise STFPMError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     net = deployable(model)
-    size = model.hparams["image_size"]
-    example = torch.rand(2, 3, size, size)
+    example = torch.rand(2, 3, *as_hw(model.hparams["image_size"]))
     output.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():

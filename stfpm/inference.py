@@ -102,7 +102,7 @@ class Predictor:
 
     @torch.inference_mode()
     def anomaly_maps(self, batch: Tensor) -> tuple[Tensor, Tensor]:
-        """Maps [B,S,S] and scores [B] of a preprocessed batch [B,3,S,S], on the predictor's device."""
+        """Maps [B,H,W] and scores [B] of a preprocessed batch [B,3,H,W], on the predictor's device."""
         with self._autocast():
             maps, scores = self.model.model.predict(batch.to(self.device, non_blocking=True))
         return maps[:, 0].float(), scores.float()

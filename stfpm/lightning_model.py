@@ -11,10 +11,10 @@ import torch
 from torch import Tensor
 
 from stfpm import __version__
-from stfpm.anomaly_map import anomaly_map, image_scores
-from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD
+from stfpm.anomaly_map import layer_anomaly_maps
+from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, as_hw, size_record
 from stfpm.loss import stfpm_loss
-from stfpm.thresholding import calibrate
+from stfpm.thresholding import CALIBRATIONS, calibrate
 from stfpm.torch_model import STFPMModel
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class STFPM(pl.LightningModule):
         student_backbone: str | None = None,
         layers: list[str] | None = None,
         teacher_weights: str | None = "imagenet",
-        image_size: int = 256,
+        image_size: int | list[int] = 256,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         lr: float = 0.4,
@@ -44,17 +44,22 @@ class STFPM(pl.LightningModule):
         weight_decay: float = 1e-4,
         image_threshold_quantile: float = 0.99,
         pixel_threshold_quantile: float = 0.999,
+        calibration: str = "empirical",
+        map_fusion: str = "product",
+        map_sigma: float = 0.0,
     ) -> None:
         super().__init__()
-        self.model = STFPMModel(backbone, student_backbone, layers, teacher_weights)
+        if calibration not in CALIBRATIONS:
+            raise ValueError(f"unknown calibration {calibration!r}; choose one of {', '.join(CALIBRATIONS)}")
+        self.model = STFPMModel(backbone, student_backbone, layers, teacher_weights, map_fusion, map_sigma)
         self.save_hyperparameters()
         self.hparams["student_backbone"] = student_backbone or backbone
         self.hparams["layers"] = list(self.model.layers)
+        self.hparams["image_size"] = size_record(as_hw(image_size))
         self.register_buffer("image_threshold", torch.tensor(math.nan))
         self.register_buffer("pixel_threshold", torch.tensor(math.nan))
         self.run_info: dict[str, str] = {}  # category and data root, recorded in checkpoints
-        self._val_scores: list[Tensor] = []
-        self._val_maps: list[Tensor] = []
+        self._val_levels: list[list[Tensor]] = []  # per batch, the per-level maps at their own resolution
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         teacher, student = self.model(batch["image"])
@@ -66,33 +71,44 @@ class STFPM(pl.LightningModule):
         images = batch["image"]
         teacher, student = self.model(images)
         self.log("val_loss", stfpm_loss(teacher, student), prog_bar=True, batch_size=len(images), sync_dist=True)
-        maps = anomaly_map(teacher, student, size=(images.shape[-2], images.shape[-1]))
-        self._val_scores.append(image_scores(maps).float())
-        self._val_maps.append(maps[:, 0].float())
+        self._val_levels.append([m.float() for m in layer_anomaly_maps(teacher, student)])
 
     def on_validation_epoch_end(self) -> None:
-        scores, maps = self._collect_validation()
-        self._val_scores.clear()
-        self._val_maps.clear()
-        if scores is None or self.trainer.sanity_checking:
+        levels = self._collect_validation()
+        self._val_levels.clear()
+        if levels is None or self.trainer.sanity_checking:
             return
+        image_thr, pixel_thr = self.calibrate_on(levels, as_hw(self.hparams["image_size"]))
+        self.log_dict({"image_threshold": image_thr, "pixel_threshold": pixel_thr}, sync_dist=True)
+
+    @torch.no_grad()
+    def calibrate_on(self, levels: list[Tensor], size: tuple[int, int], chunk: int = 64) -> tuple[float, float]:
+        """Fit the map's per-level statistics and the thresholds to the level maps of normal validation images.
+
+        Everything decided from the validation normals is decided here, and stored in buffers that every
+        checkpoint carries: the per-level factors of the fusion, then the image and pixel thresholds.
+        """
+        generator = self.model.anomaly_map
+        generator.fit_level_scale(levels)
+        outputs = [generator([lv[i: i + chunk] for lv in levels], size) for i in range(0, len(levels[0]), chunk)]
+        scores = torch.cat([s for _, s in outputs]).cpu()
+        maps = torch.cat([m[:, 0] for m, _ in outputs]).cpu()
         image_thr, pixel_thr = calibrate(
-            scores, maps, self.hparams["image_threshold_quantile"], self.hparams["pixel_threshold_quantile"]
+            scores, maps, self.hparams["image_threshold_quantile"], self.hparams["pixel_threshold_quantile"],
+            self.hparams.get("calibration", "empirical"),
         )
         self.image_threshold.fill_(image_thr)
         self.pixel_threshold.fill_(pixel_thr)
-        self.log_dict({"image_threshold": image_thr, "pixel_threshold": pixel_thr}, sync_dist=True)
+        return image_thr, pixel_thr
 
-    def _collect_validation(self) -> tuple[Tensor | None, Tensor | None]:
-        """Validation scores and maps of this epoch, gathered from every process under DDP."""
-        if not self._val_scores:
-            return None, None
-        scores = torch.cat(self._val_scores)
-        maps = torch.cat(self._val_maps)
+    def _collect_validation(self) -> list[Tensor] | None:
+        """This epoch's per-level validation maps [N,1,h,w], gathered from every process under DDP."""
+        if not self._val_levels:
+            return None
+        levels = [torch.cat(level) for level in zip(*self._val_levels)]
         if self.trainer.world_size > 1:
-            scores = self.all_gather(scores).reshape(-1)
-            maps = self.all_gather(maps).reshape(-1, *maps.shape[1:])
-        return scores.cpu(), maps.cpu()
+            levels = [self.all_gather(level).reshape(-1, *level.shape[1:]) for level in levels]
+        return levels
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Anomaly maps and scores of a batch, on the CPU, with the batch's other fields passed through."""

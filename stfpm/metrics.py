@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["auroc", "roc_curve", "f1_max", "aupro"]
+__all__ = ["auroc", "roc_curve", "f1_max", "aupro", "tpr_at_fpr", "rates_at_threshold", "overlap_at_threshold"]
 
 # Number of query values handled per np.searchsorted call: bounds the int64 temporaries to a few MiB.
 _CHUNK = 1 << 20
@@ -217,6 +217,61 @@ def f1_max(scores: Any, labels: Any) -> tuple[float, float]:
         if f1[k] > best_f1:
             best_f1, best_threshold = float(f1[k]), float(values[k])
     return best_f1, best_threshold
+
+
+# ------------------------------------------------------------------------------------ operating points
+
+
+def tpr_at_fpr(scores: Any, labels: Any, max_fpr: float) -> float:
+    """Highest true positive rate of any threshold whose false positive rate is at most ``max_fpr``.
+
+    Exact on the empirical ROC (predict anomalous when score >= threshold): with ``k = floor(max_fpr * n_neg)``
+    false alarms allowed, the best threshold lies just above the (k+1)-th highest normal score, so the answer is
+    the share of anomalous scores strictly above it. NaN when a class is missing.
+    """
+    if not 0.0 <= max_fpr <= 1.0:
+        raise ValueError(f"max_fpr must be in [0, 1], got {max_fpr}")
+    s, y = _prepare(scores, labels)
+    negatives, positives = _sorted(s[~y]), s[y]
+    if negatives.size == 0 or positives.size == 0:
+        return float("nan")
+    allowed = int(np.floor(max_fpr * negatives.size + 1e-9))
+    if allowed >= negatives.size:
+        return 1.0
+    cut = negatives[negatives.size - 1 - allowed]  # the (allowed+1)-th highest normal score
+    return float((positives > cut).sum() / positives.size)
+
+
+def rates_at_threshold(scores: Any, labels: Any, threshold: float) -> tuple[float, float]:
+    """(TPR, FPR) when scores >= ``threshold`` are flagged; each NaN when its class is absent or the threshold
+    is NaN."""
+    s, y = _prepare(scores, labels)
+    if np.isnan(threshold):
+        return float("nan"), float("nan")
+    flagged = s >= threshold
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    tpr = float((flagged & y).sum() / n_pos) if n_pos else float("nan")
+    fpr = float((flagged & ~y).sum() / n_neg) if n_neg else float("nan")
+    return tpr, fpr
+
+
+def overlap_at_threshold(scores: Any, labels: Any, threshold: float) -> tuple[float, float, float]:
+    """(precision, recall, IoU) of the pixels flagged by scores >= ``threshold`` against the true defect pixels.
+
+    Counted over all pixels together (micro average). Precision is NaN when nothing is flagged, recall when
+    there is no defect pixel, IoU when both are empty; all are NaN for a NaN threshold.
+    """
+    s, y = _prepare(scores, labels)
+    if np.isnan(threshold):
+        return float("nan"), float("nan"), float("nan")
+    flagged = s >= threshold
+    tp = int(np.count_nonzero(flagged & y))
+    n_flagged, n_pos = int(np.count_nonzero(flagged)), int(np.count_nonzero(y))
+    union = n_flagged + n_pos - tp
+    precision = tp / n_flagged if n_flagged else float("nan")
+    recall = tp / n_pos if n_pos else float("nan")
+    iou = tp / union if union else float("nan")
+    return float(precision), float(recall), float(iou)
 
 
 # ----------------------------------------------------------------------------------------------- AUPRO

@@ -14,6 +14,16 @@ import numpy as np
 from stfpm.atomic import atomic_write_bytes, atomic_write_text
 
 SUMMARY_COLUMNS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_f1_max")
+OPERATING_COLUMNS = (
+    "image_tpr_at_threshold",
+    "image_fpr_at_threshold",
+    "pixel_precision_at_threshold",
+    "pixel_recall_at_threshold",
+    "pixel_iou_at_threshold",
+    "image_tpr_at_1pct_fpr",
+    "image_tpr_at_5pct_fpr",
+)
+ALL_COLUMNS = SUMMARY_COLUMNS + OPERATING_COLUMNS
 
 
 def _json_safe(value: Any) -> Any:
@@ -37,8 +47,8 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def category_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row for the whole category and one per defect type (image/pixel AUROC only)."""
-    rows = [{"scope": "all", "n_images": results["n_images"], **{c: results[c] for c in SUMMARY_COLUMNS}}]
+    """One row for the whole category and one per defect type (image/pixel AUROC and share flagged only)."""
+    rows = [{"scope": "all", "n_images": results["n_images"], **{c: results[c] for c in ALL_COLUMNS}}]
     for defect, figures in results["per_defect_type"].items():
         rows.append({"scope": defect, **figures})
     return rows
@@ -68,17 +78,22 @@ def write_category_results(results: dict[str, Any], out_dir: Path) -> str:
     rows = category_rows(results)
     columns = ["scope", "n_images", *SUMMARY_COLUMNS]
     table = markdown_table(rows, columns)
+    operating = markdown_table(rows, ["scope", *OPERATING_COLUMNS])
     atomic_write_text(out_dir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n")
-    atomic_write_text(out_dir / "results.csv", _csv_text(rows, columns))
-    atomic_write_text(out_dir / "results.md", f"# {results['category']}\n\n{table}")
-    return table
+    atomic_write_text(out_dir / "results.csv", _csv_text(rows, ["scope", "n_images", *ALL_COLUMNS]))
+    thresholds = (
+        f"At the calibrated thresholds (image {fmt(results.get('calibrated_image_threshold'), 6)}, "
+        f"pixel {fmt(results.get('calibrated_pixel_threshold'), 6)}):\n\n"
+    )
+    atomic_write_text(out_dir / "results.md", f"# {results['category']}\n\n{table}\n{thresholds}{operating}")
+    return f"{table}\n{thresholds}{operating}"
 
 
 def summary_rows(all_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per category plus a mean row over the categories where each figure is defined."""
-    rows = [{"category": r["category"], **{c: r[c] for c in SUMMARY_COLUMNS}} for r in all_results]
+    rows = [{"category": r["category"], **{c: r[c] for c in ALL_COLUMNS}} for r in all_results]
     mean = {"category": "mean"}
-    for column in SUMMARY_COLUMNS:
+    for column in ALL_COLUMNS:
         values = [r[column] for r in rows if r[column] is not None and math.isfinite(r[column])]
         mean[column] = float(np.mean(values)) if values else math.nan
     return rows + [mean]
@@ -88,10 +103,10 @@ def write_summary(all_results: list[dict[str, Any]], out_dir: Path) -> str:
     """The combined table of several categories (``--category all``) as .json, .csv and .md."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summary_rows(all_results)
-    columns = ["category", *SUMMARY_COLUMNS]
-    table = markdown_table(rows, columns)
+    table = markdown_table(rows, ["category", *SUMMARY_COLUMNS])
+    table += "\nAt each model's calibrated thresholds:\n\n" + markdown_table(rows, ["category", *OPERATING_COLUMNS])
     atomic_write_text(out_dir / "results_all.json", json.dumps(_json_safe(rows), indent=2) + "\n")
-    atomic_write_text(out_dir / "results_all.csv", _csv_text(rows, columns))
+    atomic_write_text(out_dir / "results_all.csv", _csv_text(rows, ["category", *ALL_COLUMNS]))
     atomic_write_text(out_dir / "results_all.md", table)
     return table
 

@@ -58,7 +58,7 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, category: st
     image_thr, pixel_thr = model.thresholds
     results = {
         "category": category,
-        **compute_metrics(pred, fpr_limit=args.fpr_limit),
+        **compute_metrics(pred, fpr_limit=args.fpr_limit, image_threshold=image_thr, pixel_threshold=pixel_thr),
         "calibrated_image_threshold": image_thr,
         "calibrated_pixel_threshold": pixel_thr,
         "checkpoint": str(checkpoint),

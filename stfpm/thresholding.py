@@ -1,7 +1,10 @@
 """Decision thresholds calibrated on held-out normal images only.
 
 Rule: the image threshold is the ``image_quantile`` quantile of the image scores of the validation normals,
-the pixel threshold the ``pixel_quantile`` quantile of all their anomaly-map pixels. No test label is ever
+the pixel threshold the ``pixel_quantile`` quantile of all their anomaly-map pixels. The image quantile is
+either read off the scores (``empirical``) or from a Gumbel distribution fitted to them (``gumbel``, the law of
+a maximum, which an image score is): with few validation images the empirical 0.99 quantile is simply their
+maximum, which a new good image exceeds with probability about 1/(n+1), far above the promised 1%. No test label is ever
 involved, so the thresholds are available to any user who has only defect-free photos. With the defaults
 (0.99 / 0.999) about 1% of normal parts would be flagged and about 0.1% of normal pixels would be white in a
 mask, if the validation images are representative; raise the quantiles (up to 1.0 = the maximum seen) for
@@ -9,6 +12,8 @@ fewer false alarms, lower them for more sensitivity.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -30,11 +35,40 @@ def quantile_threshold(values: Tensor | np.ndarray, quantile: float) -> float:
     return float(np.quantile(array, quantile))
 
 
+CALIBRATIONS = ("empirical", "gumbel")
+
+_EULER_GAMMA = 0.5772156649015329
+
+
+def gumbel_threshold(values: Tensor | np.ndarray, quantile: float) -> float:
+    """The ``quantile`` of a Gumbel (maximum) distribution fitted to ``values`` by the method of moments.
+
+    Falls back to the empirical quantile with fewer than 3 values, and never returns less than it, so a
+    poor fit cannot promise fewer false alarms than the data already show.
+    """
+    array = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
+    array = array.reshape(-1).astype(np.float64)
+    empirical = quantile_threshold(array, quantile)
+    if array.size < 3 or quantile >= 1.0:
+        return empirical
+    beta = float(np.std(array, ddof=1)) * math.sqrt(6.0) / math.pi
+    mu = float(np.mean(array)) - _EULER_GAMMA * beta
+    fitted = mu - beta * math.log(-math.log(quantile)) if quantile > 0 else -math.inf
+    return max(fitted, empirical)
+
+
 def calibrate(
-    image_scores: Tensor, anomaly_maps: Tensor, image_quantile: float, pixel_quantile: float
+    image_scores: Tensor,
+    anomaly_maps: Tensor,
+    image_quantile: float,
+    pixel_quantile: float,
+    method: str = "empirical",
 ) -> tuple[float, float]:
     """(image threshold, pixel threshold) from the scores and maps of normal validation images."""
+    if method not in CALIBRATIONS:
+        raise ValueError(f"unknown calibration {method!r}; choose one of {', '.join(CALIBRATIONS)}")
+    image_rule = gumbel_threshold if method == "gumbel" else quantile_threshold
     return (
-        quantile_threshold(image_scores, image_quantile),
+        image_rule(image_scores, image_quantile),
         quantile_threshold(anomaly_maps.to(torch.float32), pixel_quantile),
     )

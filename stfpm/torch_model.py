@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from stfpm.anomaly_map import anomaly_map, image_scores
+from stfpm.anomaly_map import AnomalyMapGenerator, layer_anomaly_maps
 from stfpm.backbones import build_backbone, get_preset, layer_channels, layer_strides, resolve_layers
 from stfpm.errors import WeightsError
 
@@ -24,6 +24,8 @@ class STFPMModel(nn.Module):
         student_backbone: str | None = None,
         layers: list[str] | tuple[str, ...] | None = None,
         teacher_weights: str | None = "imagenet",
+        map_fusion: str = "product",
+        map_sigma: float = 0.0,
     ) -> None:
         super().__init__()
         student_backbone = student_backbone or backbone
@@ -36,6 +38,7 @@ class STFPMModel(nn.Module):
         self.projections = nn.ModuleList(
             nn.Identity() if s == t else nn.Conv2d(s, t, kernel_size=1) for s, t in zip(s_channels, t_channels)
         )
+        self.anomaly_map = AnomalyMapGenerator(len(self.layers), map_fusion, map_sigma)
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Teacher features (no gradient) and student features (projected to the teacher's channels)."""
@@ -43,10 +46,13 @@ class STFPMModel(nn.Module):
         student_features = [proj(f) for proj, f in zip(self.projections, self.student(images))]
         return teacher_features, student_features
 
+    def layer_maps(self, images: Tensor) -> list[Tensor]:
+        """Per-level anomaly maps [B,1,h,w] at each level's own resolution."""
+        return layer_anomaly_maps(*self(images))
+
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Fused anomaly maps [B,1,H,W] at the input resolution and image scores [B]."""
-        maps = anomaly_map(*self(images), size=(images.shape[-2], images.shape[-1]))
-        return maps, image_scores(maps)
+        """Anomaly maps [B,1,H,W] at the input resolution and image scores [B]."""
+        return self.anomaly_map(self.layer_maps(images), (images.shape[-2], images.shape[-1]))
 
 
 def _matching_student_layers(teacher: str, student: str, layers: tuple[str, ...]) -> tuple[str, ...]:

@@ -19,9 +19,12 @@ from pytorch_lightning.utilities import rank_zero_only
 from stfpm.backbones import PRESETS
 from stfpm.checkpoint import read_checkpoint, require_ours
 from stfpm.config import grouped, new_parser, parse_args, parse_devices
-from stfpm.data import MVTecDataModule, list_categories, resolve_category_dir
+from stfpm.anomaly_map import FUSIONS
+from stfpm.data import MVTecDataModule, list_categories, resolve_category_dir, scan_train
+from stfpm.data.io import as_hw, aspect_preserving_size, median_aspect, size_record
 from stfpm.errors import DataError
 from stfpm.lightning_model import STFPM
+from stfpm.thresholding import CALIBRATIONS
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--category", help="category folder name under --data-root, or `all`")
     data.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="dataset root in MVTec AD layout")
-    data.add_argument("--image-size", type=int, default=256, help="images are resized to SIZE x SIZE")
+    data.add_argument(
+        "--image-size", type=int, nargs="+", default=256, metavar="SIZE",
+        help="network input: S (S x S, or about S*S pixels with --keep-aspect) or H W",
+    )
+    data.add_argument(
+        "--keep-aspect", action=argparse.BooleanOptionalAction, default=False,
+        help="with one SIZE: keep the training images' median aspect ratio at about SIZE*SIZE pixels",
+    )
     data.add_argument("--batch-size", type=int, default=32)
     data.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="data loading processes")
     data.add_argument("--val-fraction", type=float, default=0.2, help="share of train/good held out for validation")
@@ -53,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--image-threshold-quantile", type=float, default=0.99, help="of validation image scores")
     model.add_argument("--pixel-threshold-quantile", type=float, default=0.999, help="of validation map pixels")
+    model.add_argument(
+        "--calibration", default="empirical", choices=list(CALIBRATIONS),
+        help="image threshold: the empirical quantile of validation scores, or the quantile of a fitted Gumbel",
+    )
+    model.add_argument("--map-fusion", default="product", choices=list(FUSIONS), help="how pyramid levels are fused")
+    model.add_argument("--map-sigma", type=float, default=0.0, help="Gaussian smoothing of the map, in input pixels")
     optim = parser.add_argument_group("optimizer")
     optim.add_argument("--lr", type=float, default=0.4)
     optim.add_argument("--momentum", type=float, default=0.9)
@@ -72,13 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_kwargs(args: argparse.Namespace) -> dict:
+def resolve_image_size(image_size: int | list[int], keep_aspect: bool, train_images: list[Path]) -> tuple[int, int]:
+    """The network input (H, W): as given, or with ``keep_aspect`` the training images' median aspect ratio at
+    about SIZE*SIZE pixels (sides multiples of 16)."""
+    size = as_hw(image_size)
+    if not keep_aspect:
+        return size
+    if size[0] != size[1]:
+        raise DataError("--keep-aspect takes one --image-size (the side of a square of equal area), not H W")
+    aspect = median_aspect(train_images)
+    resolved = aspect_preserving_size(size[0], aspect)
+    log.info("--keep-aspect: median height/width of the training images %.3f -> input %dx%d (HxW)", aspect, *resolved)
+    return resolved
+
+
+def _model_kwargs(args: argparse.Namespace, image_size: tuple[int, int]) -> dict:
     return dict(
         backbone=args.backbone,
         student_backbone=args.student_backbone,
         layers=args.layers,
         teacher_weights=args.teacher_weights,
-        image_size=args.image_size,
+        image_size=size_record(image_size),
+        calibration=args.calibration,
+        map_fusion=args.map_fusion,
+        map_sigma=args.map_sigma,
         lr=args.lr,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
@@ -92,7 +125,7 @@ def _resumed_model(path: Path, args: argparse.Namespace) -> STFPM:
     checkpoint = read_checkpoint(path)
     require_ours(checkpoint, path)
     hparams = dict(checkpoint["hyper_parameters"])
-    for option in ("backbone", "image_size"):
+    for option in ("backbone",):
         if getattr(args, option) != hparams.get(option):
             log.warning(
                 "resuming %s: --%s %s ignored, the checkpoint's %s is used",
@@ -115,7 +148,11 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
     """Fit one category; return the path of its best checkpoint."""
     pl.seed_everything(args.seed, workers=True, verbose=False)
     resume = Path(args.resume).expanduser() if args.resume else None
-    model = _resumed_model(resume, args) if resume else STFPM(**_model_kwargs(args))
+    if resume:
+        model = _resumed_model(resume, args)
+    else:
+        train_images = scan_train(resolve_category_dir(args.data_root, category))
+        model = STFPM(**_model_kwargs(args, resolve_image_size(args.image_size, args.keep_aspect, train_images)))
     model.run_info = {"category": category, "data_root": str(Path(args.data_root).resolve())}
     datamodule = MVTecDataModule(
         data_root=args.data_root,
@@ -182,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv)
     if not args.category:
         parser.error("--category is required (a folder name under --data-root, or `all`)")
+    if not (args.map_sigma >= 0):
+        parser.error(f"--map-sigma must be >= 0, got {args.map_sigma}")
     config = {k: v for section in grouped(parser, args).values() for k, v in section.items()}
     categories = list_categories(args.data_root) if args.category == "all" else [args.category]
     if not categories:

@@ -243,3 +243,72 @@ def test_aupro_nan_scores_raise() -> None:
     maps[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         aupro(maps, masks)
+
+
+# ------------------------------------------------------------------------------------ operating points
+
+
+def test_tpr_at_fpr_hand_built() -> None:
+    from stfpm.metrics import tpr_at_fpr
+
+    normal = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    defect = [0.05, 0.65, 0.95, 1.5]
+    scores = np.array(normal + defect)
+    labels = np.array([0] * 10 + [1] * 4)
+    # no false alarm allowed (1% of 10 normals rounds down to 0): only 1.5 is above the highest normal
+    assert tpr_at_fpr(scores, labels, 0.01) == 0.25
+    # one false alarm allowed (10%): threshold just above 0.9 catches 0.95 and 1.5
+    assert tpr_at_fpr(scores, labels, 0.10) == 0.5
+    assert tpr_at_fpr(scores, labels, 0.35) == 0.5  # 3 alarms: above 0.7, still 0.95 and 1.5
+    assert tpr_at_fpr(scores, labels, 0.45) == 0.75  # 4 alarms: above 0.6 adds 0.65
+    assert tpr_at_fpr(scores, labels, 1.0) == 1.0
+    assert math.isnan(tpr_at_fpr(scores[:10], labels[:10], 0.05))
+
+
+def test_tpr_at_fpr_ties_between_classes_count_as_alarms() -> None:
+    from stfpm.metrics import tpr_at_fpr
+
+    scores = np.array([0.5, 0.5, 0.2, 0.5, 0.9])
+    labels = np.array([0, 0, 0, 1, 1])
+    # a threshold at 0.5 would flag two normals (FPR 2/3): with at most 1/3 allowed only 0.9 remains
+    assert tpr_at_fpr(scores, labels, 0.34) == 0.5
+    assert tpr_at_fpr(scores, labels, 0.67) == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tpr_at_fpr_matches_sklearn_roc(seed: int) -> None:
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    from stfpm.metrics import tpr_at_fpr
+
+    rng = np.random.default_rng(seed)
+    labels = rng.random(400) < 0.3
+    scores = np.round(rng.normal(size=400) + labels, 1)  # many ties
+    fpr, tpr, _ = sk_roc_curve(labels, scores, drop_intermediate=False)
+    for limit in (0.0, 0.01, 0.05, 0.2, 0.5):
+        assert tpr_at_fpr(scores, labels, limit) == pytest.approx(tpr[fpr <= limit + 1e-12].max())
+
+
+def test_rates_at_threshold_hand_built() -> None:
+    from stfpm.metrics import rates_at_threshold
+
+    scores = np.array([0.1, 0.5, 0.7, 0.5, 0.9, 0.2])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    assert rates_at_threshold(scores, labels, 0.5) == (pytest.approx(2 / 3), pytest.approx(2 / 3))  # >= counts
+    assert rates_at_threshold(scores, labels, 0.8) == (pytest.approx(1 / 3), 0.0)
+    tpr, fpr = rates_at_threshold(scores[:3], labels[:3], 0.5)
+    assert math.isnan(tpr) and fpr == pytest.approx(2 / 3)
+    assert all(math.isnan(v) for v in rates_at_threshold(scores, labels, float("nan")))
+
+
+def test_overlap_at_threshold_hand_built() -> None:
+    from stfpm.metrics import overlap_at_threshold
+
+    maps = np.array([[0.9, 0.8, 0.1], [0.2, 0.6, 0.0]])
+    masks = np.array([[1, 1, 0], [1, 0, 0]], dtype=bool)
+    precision, recall, iou = overlap_at_threshold(maps, masks, 0.6)  # flags 0.9, 0.8, 0.6
+    assert precision == pytest.approx(2 / 3) and recall == pytest.approx(2 / 3) and iou == pytest.approx(2 / 4)
+    precision, recall, iou = overlap_at_threshold(maps, masks, 5.0)  # nothing flagged
+    assert math.isnan(precision) and recall == 0.0 and iou == 0.0
+    precision, recall, iou = overlap_at_threshold(maps, np.zeros_like(masks), 5.0)
+    assert all(math.isnan(v) for v in (precision, recall, iou))

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
+from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, as_hw
 from stfpm.data.mvtec import (
     CategoryIndex,
     ImageFolderDataset,
@@ -46,7 +46,7 @@ class MVTecDataModule(pl.LightningDataModule):
         self,
         data_root: str | Path,
         category: str | None,
-        image_size: int = 256,
+        image_size: int | Sequence[int] = 256,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -56,7 +56,7 @@ class MVTecDataModule(pl.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
-        _check_positive("image_size", image_size)
+        as_hw(image_size)  # validates now rather than at setup()
         _check_positive("batch_size", batch_size)
         if eval_batch_size is not None:
             _check_positive("eval_batch_size", eval_batch_size)

@@ -10,6 +10,7 @@ traceback.
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from pathlib import Path
 from typing import Callable, Sequence
@@ -185,28 +186,74 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     raise DataError(f"image arrays must be HxW or HxWxC with C in (1, 3, 4), got shape {tuple(array.shape)}")
 
 
-class ImageTransform:
-    """PIL image or uint8 array -> normalised float32 tensor [3, S, S].
+ImageSize = tuple[int, int]
+"""(height, width) of the network input."""
 
-    Mirrors the official STFPM preprocessing (``Resize((S, S))`` + ``ToTensor`` + ``Normalize``): the
-    whole image is squeezed to a square without cropping, so defects near the border are never cut off
-    and anomaly maps map back onto the full original image.
+SIZE_MULTIPLE = 16
+"""Sides derived from an aspect ratio are rounded to this multiple: the deepest default level has stride 16."""
+
+
+def as_hw(image_size: int | Sequence[int]) -> ImageSize:
+    """``S`` or ``[S]`` -> (S, S); ``[H, W]`` -> (H, W); anything else is a one-line :class:`DataError`."""
+    values = list(image_size) if isinstance(image_size, (list, tuple)) else [image_size]
+    if not values or len(values) > 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise DataError(f"image size must be one positive integer S (S x S) or two, H W; got {image_size!r}")
+    return (values[0], values[-1])
+
+
+def size_record(size: ImageSize) -> int | list[int]:
+    """How a size is written into checkpoints and configs: ``S`` when square, else ``[H, W]``."""
+    return size[0] if size[0] == size[1] else [size[0], size[1]]
+
+
+def aspect_preserving_size(side: int, aspect: float, multiple: int = SIZE_MULTIPLE) -> ImageSize:
+    """An (H, W) with about ``side * side`` pixels and H / W close to ``aspect``, sides multiples of ``multiple``.
+
+    Keeps the compute of a square ``side`` input while not squeezing wide or tall parts: a 565x230 photo at
+    ``side`` 128 becomes 80x208 instead of 128x128, so thin horizontal structures keep their width.
+    """
+    if not (aspect > 0 and math.isfinite(aspect)):
+        raise DataError(f"aspect ratio must be positive, got {aspect!r}")
+    height = side * math.sqrt(aspect)
+    width = side / math.sqrt(aspect)
+    return (max(multiple, round(height / multiple) * multiple), max(multiple, round(width / multiple) * multiple))
+
+
+def median_aspect(paths: Sequence[Path]) -> float:
+    """Median height / width of the images, read from their headers only; unreadable files are left out."""
+    ratios = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                ratios.append(img.height / img.width)
+        except _READ_ERRORS:
+            continue
+    if not ratios:
+        raise DataError("cannot determine the aspect ratio: no readable training image")
+    return float(np.median(ratios))
+
+
+class ImageTransform:
+    """PIL image or uint8 array -> normalised float32 tensor [3, H, W].
+
+    Mirrors the official STFPM preprocessing (``Resize`` + ``ToTensor`` + ``Normalize``): the whole image is
+    resized to the network size without cropping, so defects near the border are never cut off and anomaly
+    maps map back onto the full original image. The size is square (the official ``S x S``) or any (H, W),
+    e.g. one that keeps the parts' aspect ratio (:func:`aspect_preserving_size`).
     """
 
     def __init__(
         self,
-        image_size: int,
+        image_size: int | Sequence[int],
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise DataError(f"image_size must be a positive integer, got {image_size!r}")
-        self.image_size = image_size
+        self.size = as_hw(image_size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self._pipeline: Callable[[Image.Image], torch.Tensor] = transforms.Compose(
             [
-                transforms.Resize((image_size, image_size), interpolation=InterpolationMode.BILINEAR),
+                transforms.Resize(self.size, interpolation=InterpolationMode.BILINEAR),
                 transforms.ToTensor(),
                 transforms.Normalize(self.mean, self.std),
             ]
@@ -218,11 +265,11 @@ class ImageTransform:
         return self._pipeline(pil).to(torch.float32)
 
     def __repr__(self) -> str:
-        return f"ImageTransform(image_size={self.image_size}, mean={self.mean}, std={self.std})"
+        return f"ImageTransform(size={self.size}, mean={self.mean}, std={self.std})"
 
 
-def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
-    """Resize a boolean mask to a bool tensor [1, S, S] with nearest neighbour.
+def resize_mask(mask: np.ndarray, size: int | Sequence[int]) -> torch.Tensor:
+    """Resize a boolean mask to a bool tensor [1, H, W] with nearest neighbour.
 
     Nearest keeps the mask strictly binary; bilinear would invent grey edge pixels whose thresholding
     would then shift the defect area and bias pixel-level metrics.
@@ -230,5 +277,6 @@ def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
     if mask.ndim != 2:
         raise DataError(f"masks must be 2-D, got shape {tuple(mask.shape)}")
     pil = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
-    resized = np.asarray(pil.resize((size, size), resample=Image.Resampling.NEAREST)) > 0
+    height, width = as_hw(size)
+    resized = np.asarray(pil.resize((width, height), resample=Image.Resampling.NEAREST)) > 0
     return torch.from_numpy(resized).unsqueeze(0)

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from stfpm.data.io import IMAGE_EXTENSIONS, list_images, load_image, load_mask, resize_mask
+from stfpm.data.io import IMAGE_EXTENSIONS, as_hw, list_images, load_image, load_mask, resize_mask
 from stfpm.categories import MVTEC_CATEGORIES
 from stfpm.errors import DataError
 
@@ -267,7 +267,7 @@ def split_train_val(
 
 
 class ImageFolderDataset(Dataset):
-    """Plain list of image files -> ``{"image": tensor[3, S, S], "path": str}`` (training / validation)."""
+    """Plain list of image files -> ``{"image": tensor[3, H, W], "path": str}`` (training / validation)."""
 
     def __init__(self, paths: Sequence[str | Path], transform: Callable[[Image.Image], torch.Tensor]) -> None:
         self.paths = [Path(p) for p in paths]
@@ -291,7 +291,7 @@ def _header_size(path: Path) -> tuple[int, int] | None:
 
 
 class TestDataset(Dataset):
-    """Test samples -> image, boolean mask [1, S, S], label and metadata, for image and pixel metrics.
+    """Test samples -> image, boolean mask [1, H, W], label and metadata, for image and pixel metrics.
 
     ``has_mask`` is True for good images (their all-zero mask is genuine ground truth) and for defective
     images with a mask, False for defective images whose mask is missing, so pixel metrics can skip
@@ -304,11 +304,11 @@ class TestDataset(Dataset):
         self,
         samples: Sequence[TestSample],
         transform: Callable[[Image.Image], torch.Tensor],
-        image_size: int,
+        image_size: int | Sequence[int],
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
-        self.image_size = image_size
+        self.image_size = as_hw(image_size)
         self._warn_mask_sizes()
 
     def _warn_mask_sizes(self) -> None:
@@ -332,7 +332,7 @@ class TestDataset(Dataset):
         if sample.mask_path is not None:
             mask = resize_mask(load_mask(sample.mask_path), self.image_size)
         else:
-            mask = torch.zeros((1, self.image_size, self.image_size), dtype=torch.bool)
+            mask = torch.zeros((1, *self.image_size), dtype=torch.bool)
         return {
             "image": image,
             "mask": mask,
