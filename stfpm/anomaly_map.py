@@ -31,8 +31,8 @@ def layer_anomaly_maps(teacher_features: list[Tensor], student_features: list[Te
 
 
 def gaussian_kernel(sigma: float) -> Tensor:
-    """A normalised 1-D Gaussian of radius ``ceil(4 sigma)`` (as scipy's default truncation)."""
-    radius = max(1, math.ceil(4.0 * sigma))
+    """A normalised 1-D Gaussian truncated at 4 sigma (radius ``int(4 sigma + 0.5)``, as scipy's default)."""
+    radius = max(1, int(4.0 * sigma + 0.5))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     return kernel / kernel.sum()

@@ -25,8 +25,8 @@ class TestPredictions:
 
     scores: np.ndarray  # float32 [N]
     labels: np.ndarray  # int8 [N]
-    maps: np.ndarray  # float32 [N,H,W]
-    masks: np.ndarray  # bool [N,H,W]
+    maps: np.ndarray | list[np.ndarray]  # float32 [N,H,W], or N arrays [H_i,W_i] (e.g. at source sizes)
+    masks: np.ndarray | list[np.ndarray]  # bool, shaped like maps
     has_mask: np.ndarray  # bool [N]: False for defective images without a ground-truth mask
     defect_types: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
@@ -69,11 +69,21 @@ def predict_test_split(model: STFPM, datamodule: MVTecDataModule, trainer_kwargs
     return collector.data
 
 
-def _pixel_subset(pred: TestPredictions, select: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pixel_subset(pred: TestPredictions, select: np.ndarray) -> tuple[Any, Any]:
     """Maps and masks of the selected images; views, not copies, when every image is selected."""
     if select.all():
         return pred.maps, pred.masks
+    if isinstance(pred.maps, list):
+        keep = np.flatnonzero(select)
+        return [pred.maps[i] for i in keep], [pred.masks[i] for i in keep]
     return pred.maps[select], pred.masks[select]
+
+
+def _flat(arrays: Any) -> np.ndarray:
+    """All pixels of a stacked array, or of a list of per-image arrays, as one flat array."""
+    if isinstance(arrays, list):
+        return np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0, np.float32)
+    return arrays.reshape(-1)
 
 
 def compute_metrics(
@@ -89,12 +99,13 @@ def compute_metrics(
     """
     labels = pred.labels.astype(bool)
     maps, masks = _pixel_subset(pred, pred.has_mask)
+    flat_maps, flat_masks = _flat(maps), _flat(masks)
     image_f1, image_thr = f1_max(pred.scores, labels)
-    pixel_f1, pixel_thr = f1_max(maps, masks) if masks.any() else (math.nan, math.nan)
+    pixel_f1, pixel_thr = f1_max(flat_maps, flat_masks) if flat_masks.any() else (math.nan, math.nan)
     results: dict[str, Any] = {
         "image_auroc": auroc(pred.scores, labels),
-        "pixel_auroc": auroc(maps, masks),
-        "pixel_aupro": aupro(maps, masks, fpr_limit=fpr_limit),
+        "pixel_auroc": auroc(flat_maps, flat_masks),
+        "pixel_aupro": aupro(maps, masks, fpr_limit=fpr_limit) if len(masks) else math.nan,
         "image_f1_max": image_f1,
         "image_f1_threshold": image_thr,
         "pixel_f1_max": pixel_f1,
@@ -104,7 +115,7 @@ def compute_metrics(
         "n_good": int((~labels).sum()),
         "n_defective": int(labels.sum()),
         "n_defective_without_mask": int((labels & ~pred.has_mask).sum()),
-        **operating_point(pred.scores, labels, maps, masks, image_threshold, pixel_threshold),
+        **operating_point(pred.scores, labels, flat_maps, flat_masks, image_threshold, pixel_threshold),
     }
     results["per_defect_type"] = _per_defect_type(pred, labels, image_threshold)
     return results
@@ -147,7 +158,7 @@ def _per_defect_type(pred: TestPredictions, labels: np.ndarray, image_threshold:
         out[defect] = {
             "n_images": int((types == defect).sum()),
             "image_auroc": auroc(pred.scores[select], labels[select]),
-            "pixel_auroc": auroc(maps, masks),
+            "pixel_auroc": auroc(_flat(maps), _flat(masks)),
             "image_tpr_at_threshold": rates_at_threshold(pred.scores[select], labels[select], image_threshold)[0],
         }
     return out

@@ -12,7 +12,7 @@ Inputs may be numpy arrays or torch tensors of any shape; they are flattened.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -277,19 +277,19 @@ def overlap_at_threshold(scores: Any, labels: Any, threshold: float) -> tuple[fl
 # ----------------------------------------------------------------------------------------------- AUPRO
 
 
-def _region_weights(masks: np.ndarray) -> np.ndarray:
-    """Per anomalous pixel (in ``masks[masks]`` order): 1 / (number of regions * size of its region).
+def _region_weights(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Per anomalous pixel (in the order of the images' ``mask[mask]``): 1 / (number of regions * region size).
 
     Summing these over the pixels above a threshold gives the mean per-region overlap directly. Regions are
     8-connected components found per image, so touching defects in different images never merge.
     """
-    regions = np.zeros(masks.shape, dtype=np.int32)
+    per_image = []
     n_regions = 0
-    for image_mask, image_regions in zip(masks, regions):
-        count = ndimage.label(image_mask, structure=_EIGHT_CONNECTED, output=image_regions)
-        image_regions[image_mask] += n_regions
+    for image_mask in masks:
+        regions, count = ndimage.label(image_mask, structure=_EIGHT_CONNECTED)
+        per_image.append(regions[image_mask].astype(np.int64) + n_regions - 1)
         n_regions += count
-    region_of_pixel = regions[masks]
+    region_of_pixel = np.concatenate(per_image) if per_image else np.zeros(0, np.int64)
     sizes = np.bincount(region_of_pixel)
     return 1.0 / (n_regions * sizes[region_of_pixel].astype(np.float64))
 
@@ -304,9 +304,10 @@ def _area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     return area
 
 
-def _pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pro_curve(maps: np.ndarray, masks: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, PRO) at every distinct score as threshold (descending), preceded by (0, 0).
 
+    ``maps`` and ``masks`` are flat; ``weights`` are the region weights of the anomalous pixels in order.
     Normal pixels only need a sorted copy (FPR is a count); only the usually few anomalous pixels are
     argsorted, to carry their region weights along for a suffix sum.
     """
@@ -314,7 +315,7 @@ def _pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndar
     anomalous = maps[masks]
     order = np.argsort(anomalous, kind="stable")
     anomalous = _reject_nan(anomalous[order])
-    weights = _region_weights(masks)[order]
+    weights = weights[order]
     pro_at_or_above = np.append(np.cumsum(weights[::-1])[::-1], 0.0)
 
     thresholds = np.union1d(normal, anomalous)[::-1]
@@ -327,21 +328,30 @@ def aupro(anomaly_maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     """Normalised area under the per-region-overlap curve up to ``fpr_limit`` (MVTec AD's AUPRO).
 
     Unlike pixel AUROC, every defect region counts equally whatever its size, so small defects matter.
-    ``anomaly_maps``: float [N, H, W] (or [H, W]); ``masks``: bool [N, H, W]. Exact over all distinct scores.
-    Returns NaN if there are no anomalous or no normal pixels.
+    ``anomaly_maps``: float [N, H, W] (or [H, W]); ``masks``: bool [N, H, W]; or two lists of per-image
+    [H_i, W_i] arrays, for images of different sizes (e.g. at their source resolution). Exact over all distinct
+    scores. Returns NaN if there are no anomalous or no normal pixels.
     """
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    maps = _to_numpy(anomaly_maps)
+    if isinstance(anomaly_maps, (list, tuple)):
+        map_list, mask_list = [_to_numpy(m) for m in anomaly_maps], [_as_mask(m) for m in masks]
+    else:
+        map_list, mask_list = [_to_numpy(anomaly_maps)], [_as_mask(masks)]
+        if map_list[0].ndim == 3:
+            map_list, mask_list = list(map_list[0]), list(mask_list[0])
+    if len(map_list) != len(mask_list) or any(m.shape != g.shape or m.ndim != 2 for m, g in zip(map_list, mask_list)):
+        raise ValueError("anomaly_maps and masks must be [N, H, W] (or [H, W]) arrays, or lists of [H, W] pairs, of equal shapes")
+    maps = np.concatenate([m.ravel() for m in map_list])
     maps = maps.astype(np.float32) if maps.dtype == np.float16 else maps
-    gt = _to_numpy(masks)
-    gt = gt if gt.dtype == np.bool_ else gt > 0
-    if maps.shape != gt.shape or maps.ndim not in (2, 3):
-        raise ValueError(f"anomaly_maps {maps.shape} and masks {gt.shape} must share one [N, H, W] shape")
-    if maps.ndim == 2:
-        maps, gt = maps[None], gt[None]
+    gt = np.concatenate([g.ravel() for g in mask_list])
     n_anomalous = int(np.count_nonzero(gt))
     if n_anomalous == 0 or n_anomalous == gt.size:
         return float("nan")
-    fpr, pro = _pro_curve(maps, gt)
+    fpr, pro = _pro_curve(maps, gt, _region_weights(mask_list))
     return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
+
+
+def _as_mask(x: Any) -> np.ndarray:
+    gt = _to_numpy(x)
+    return gt if gt.dtype == np.bool_ else gt > 0

@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,3 +121,83 @@ def test_defective_images_without_mask_are_left_out_of_pixel_metrics(trained_run
     results = _results(out)
     assert results["n_defective_without_mask"] == 1 and results["n_defective"] == 8
     assert math.isfinite(results["pixel_auroc"]) and math.isfinite(results["image_auroc"])
+
+
+def _hand_built():
+    """Four 2x3 images: two good, two defective (one without a mask)."""
+    from stfpm.evaluation import TestPredictions
+
+    maps = np.array([
+        [[0.1, 0.2, 0.1], [0.1, 0.6, 0.1]],  # good, one pixel at 0.6
+        [[0.1, 0.1, 0.1], [0.1, 0.1, 0.3]],  # good
+        [[0.9, 0.8, 0.1], [0.1, 0.1, 0.1]],  # defective, masked
+        [[0.1, 0.1, 0.7], [0.1, 0.1, 0.1]],  # defective, no mask
+    ], np.float32)
+    masks = np.zeros(maps.shape, bool)
+    masks[2, 0, :2] = True
+    masks[2, 1, 0] = True
+    return TestPredictions(
+        scores=maps.reshape(4, -1).max(axis=1), labels=np.array([0, 0, 1, 1], np.int8), maps=maps, masks=masks,
+        has_mask=np.array([True, True, True, False]), defect_types=["good", "good", "scratch", "hole"],
+    )
+
+
+def test_operating_point_figures_on_a_hand_built_split() -> None:
+    from stfpm.evaluation import compute_metrics
+
+    results = compute_metrics(_hand_built(), image_threshold=0.65, pixel_threshold=0.6)
+    assert results["image_tpr_at_threshold"] == 1.0  # 0.9 and 0.7 >= 0.65
+    assert results["image_fpr_at_threshold"] == 0.0  # 0.6 and 0.3 < 0.65
+    # pixels of the three images with ground truth: flagged 0.6 (good), 0.9, 0.8 -> TP 2, FP 1, FN 1
+    assert results["pixel_precision_at_threshold"] == pytest.approx(2 / 3)
+    assert results["pixel_recall_at_threshold"] == pytest.approx(2 / 3)
+    assert results["pixel_iou_at_threshold"] == pytest.approx(2 / 4)
+    assert results["image_tpr_at_1pct_fpr"] == 1.0 and results["image_tpr_at_5pct_fpr"] == 1.0
+    assert results["per_defect_type"]["scratch"]["image_tpr_at_threshold"] == 1.0
+    stricter = compute_metrics(_hand_built(), image_threshold=0.8, pixel_threshold=0.85)
+    assert stricter["image_tpr_at_threshold"] == 0.5 and stricter["per_defect_type"]["hole"]["image_tpr_at_threshold"] == 0.0
+    assert stricter["pixel_precision_at_threshold"] == 1.0 and stricter["pixel_recall_at_threshold"] == pytest.approx(1 / 3)
+
+
+def test_operating_point_is_undefined_without_thresholds_or_a_class() -> None:
+    from stfpm.evaluation import compute_metrics
+
+    results = compute_metrics(_hand_built())
+    for key in ("image_tpr_at_threshold", "image_fpr_at_threshold", "pixel_precision_at_threshold",
+                "pixel_recall_at_threshold", "pixel_iou_at_threshold"):
+        assert math.isnan(results[key]), key
+    good_only = _hand_built()
+    good_only.labels[:] = 0
+    good_only.masks[:] = False
+    results = compute_metrics(good_only, image_threshold=0.5, pixel_threshold=0.5)
+    assert math.isnan(results["image_tpr_at_threshold"]) and results["image_fpr_at_threshold"] == 0.75  # 3 of 4
+    assert math.isnan(results["image_tpr_at_1pct_fpr"]) and math.isnan(results["pixel_recall_at_threshold"])
+
+
+def test_source_size_maps_of_different_shapes_give_the_same_figures_as_a_stack() -> None:
+    from stfpm.evaluation import compute_metrics
+
+    stacked = _hand_built()
+    as_list = _hand_built()
+    as_list.maps, as_list.masks = list(as_list.maps), list(as_list.masks)
+    a = compute_metrics(stacked, image_threshold=0.65, pixel_threshold=0.6)
+    b = compute_metrics(as_list, image_threshold=0.65, pixel_threshold=0.6)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN written alike on both sides
+    ragged = _hand_built()
+    ragged.maps = [m if i != 1 else np.full((4, 5), 0.2, np.float32) for i, m in enumerate(ragged.maps)]
+    ragged.masks = [m if i != 1 else np.zeros((4, 5), bool) for i, m in enumerate(ragged.masks)]
+    assert 0.0 <= compute_metrics(ragged)["pixel_aupro"] <= 1.0
+
+
+def test_results_files_hold_the_operating_point(trained_run, tmp_path) -> None:
+    out = tmp_path / "eval"
+    assert evaluate_main(["--checkpoint", str(trained_run["checkpoint"]), "--output-dir", str(out), *BASE]) == 0
+    results = _results(out)
+    from stfpm.checkpoint import load_checkpoint
+
+    image_thr, pixel_thr = load_checkpoint(trained_run["checkpoint"]).thresholds
+    assert results["calibrated_image_threshold"] == pytest.approx(image_thr)
+    for key in ("image_tpr_at_threshold", "image_fpr_at_threshold", "image_tpr_at_1pct_fpr", "pixel_iou_at_threshold"):
+        assert results[key] is None or 0.0 <= results[key] <= 1.0
+    assert "image_tpr_at_threshold" in (out / "results.csv").read_text().splitlines()[0]
+    assert "image_fpr_at_threshold" in (out / "results.md").read_text()

@@ -1,0 +1,227 @@
+#!/usr/bin/env python
+"""Recipe study: train STFPM variants on real defect sets with several seeds and compare them.
+
+Each training recipe is run with ``train.py`` (one subprocess per data set and seed). Each trained checkpoint
+is then evaluated under several map settings (fusion, Gaussian smoothing, image-threshold calibration)
+without retraining: the per-level maps of the validation normals and of the test images are computed once,
+and every setting recalibrates its thresholds on the validation normals through the model's own
+``calibrate_on``, exactly as training does. No choice is made from test labels.
+
+Pixel figures are computed at each image's source resolution (the maps resized back as predict.py does),
+so recipes with different input sizes are compared on the same pixels. Example (about 1-3 min per run on
+2 CPU cores):
+
+    python scripts/recipe_study.py --shared ../shared --out study --report docs/recipe_study.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stfpm.anomaly_map import AnomalyMapGenerator  # noqa: E402
+from stfpm.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E402
+from stfpm.data import MVTecDataModule, load_mask, resize_mask  # noqa: E402
+from stfpm.data.io import as_hw  # noqa: E402
+from stfpm.evaluation import TestPredictions, compute_metrics  # noqa: E402
+from stfpm.postprocess import resize_map  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = "weights/mobilenet_v2_imagenet_dequant.pth"
+
+# name -> extra train.py flags; {size} is the study's --image-size
+RECIPES: dict[str, list[str]] = {
+    "square": ["--image-size", "{size}"],
+    "aspect": ["--image-size", "{size}", "--keep-aspect"],
+    "square_2x": ["--image-size", "{size2x}"],
+    "aspect_2x": ["--image-size", "{size2x}", "--keep-aspect"],
+    "square_2x_epochs": ["--image-size", "{size}", "--epochs", "{epochs2x}"],
+    "aspect_2x_epochs": ["--image-size", "{size}", "--keep-aspect", "--epochs", "{epochs2x}"],
+}
+FUSION = ("product", "sum")
+SIGMAS = (0.0, 2.0, 4.0)
+CALIBRATIONS = ("empirical", "gumbel")
+FIGURES = (
+    "image_auroc", "pixel_auroc", "pixel_aupro", "image_tpr_at_threshold", "image_fpr_at_threshold",
+    "pixel_precision_at_threshold", "pixel_recall_at_threshold", "pixel_iou_at_threshold",
+    "image_tpr_at_1pct_fpr", "image_tpr_at_5pct_fpr", "good_pixel_fpr_at_threshold",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", default="../shared", help="folder with data/<set> and " + WEIGHTS)
+    p.add_argument("--datasets", nargs="+", default=["battery_weld", "bsdata"])
+    p.add_argument("--recipes", nargs="+", default=["square", "aspect"], choices=list(RECIPES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--out", default="study", help="runs and results.jsonl go here; finished runs are reused")
+    p.add_argument("--report", help="write the Markdown table of means ± sd here")
+    p.add_argument("--report-only", action="store_true", help="only aggregate results.jsonl")
+    return p.parse_args(argv)
+
+
+def train(args: argparse.Namespace, dataset: str, recipe: str, seed: int, runs: Path) -> float:
+    """Train one recipe (skipped when its checkpoint exists); returns training images/s (0 if reused)."""
+    if (runs / dataset).is_dir() and any((runs / dataset).glob("version_*/checkpoints/best.ckpt")):
+        return 0.0
+    fill = dict(size=args.image_size, size2x=round(args.image_size * math.sqrt(2)), epochs2x=2 * args.epochs)
+    extra = [flag.format(**fill) for flag in RECIPES[recipe]]
+    epochs = int(extra[extra.index("--epochs") + 1]) if "--epochs" in extra else args.epochs
+    cmd = [
+        sys.executable, str(ROOT / "train.py"), "--category", dataset, "--data-root", str(Path(args.shared) / "data"),
+        "--backbone", "mobilenet_v2", "--teacher-weights", str(Path(args.shared) / WEIGHTS),
+        "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers),
+        "--seed", str(seed), "--output-dir", str(runs), "--accelerator", "cpu", *extra,
+    ]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    n_train = sum(1 for p in (Path(args.shared) / "data" / dataset / "train" / "good").iterdir() if p.is_file())
+    return n_train * epochs / seconds
+
+
+@torch.no_grad()
+def level_maps(model, loader) -> tuple[list[torch.Tensor], float]:
+    """Per-level maps of every image of ``loader`` (on the CPU) and the network's images/s."""
+    batches, seconds, count = [], 0.0, 0
+    for batch in loader:
+        start = time.perf_counter()
+        batches.append(model.model.layer_maps(batch["image"]))
+        seconds += time.perf_counter() - start
+        count += len(batch["image"])
+    return [torch.cat(level) for level in zip(*batches)], count / seconds
+
+
+def source_mask(sample, size: tuple[int, int]) -> np.ndarray:
+    """The ground truth at the image's source size (height, width); all False for good images."""
+    if sample.mask_path is None:
+        return np.zeros(size, bool)
+    mask = load_mask(sample.mask_path)
+    return mask if mask.shape == size else resize_mask(mask, size)[0].numpy()
+
+
+def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path) -> tuple[list[dict], float]:
+    """Every map setting on one checkpoint: figures per setting, and the network's inference images/s."""
+    model = load_checkpoint(checkpoint)
+    hp = model.hparams
+    size = as_hw(hp["image_size"])
+    dm = MVTecDataModule(
+        Path(args.shared) / "data", dataset, image_size=hp["image_size"], batch_size=16,
+        num_workers=args.num_workers, seed=seed, mean=hp["mean"], std=hp["std"],
+    )
+    dm.setup("fit")
+    val_levels, _ = level_maps(model, dm.val_dataloader())
+    dm.setup("test")
+    test_levels, infer_ips = level_maps(model, dm.test_dataloader())
+    samples = dm.test_samples
+    from PIL import Image
+
+    sizes = []
+    for sample in samples:
+        with Image.open(sample.image_path) as img:
+            sizes.append((img.height, img.width))
+    masks = [source_mask(s, hw) for s, hw in zip(samples, sizes)]
+    labels = np.array([s.label for s in samples], np.int8)
+    has_mask = np.array([s.label == 0 or s.mask_path is not None for s in samples])
+    rows = []
+    for fusion, sigma, calibration in itertools.product(FUSION, SIGMAS, CALIBRATIONS):
+        model.model.anomaly_map = AnomalyMapGenerator(len(val_levels), fusion, sigma)
+        model.hparams["calibration"] = calibration
+        image_thr, pixel_thr = model.calibrate_on(val_levels, size)
+        maps, scores = model.model.anomaly_map(test_levels, size)
+        full = [resize_map(m[0], hw).numpy() for m, hw in zip(maps, sizes)]
+        pred = TestPredictions(
+            scores=scores.numpy().astype(np.float32), labels=labels, maps=full, masks=masks, has_mask=has_mask,
+            defect_types=[s.defect_type for s in samples],
+        )
+        figures = compute_metrics(pred, image_threshold=image_thr, pixel_threshold=pixel_thr)
+        good = [m for m, y in zip(full, labels) if y == 0]
+        figures["good_pixel_fpr_at_threshold"] = (
+            float(np.mean(np.concatenate([g.ravel() for g in good]) >= pixel_thr)) if good else math.nan
+        )
+        rows.append({"fusion": fusion, "sigma": sigma, "calibration": calibration,
+                     **{k: figures[k] for k in FIGURES}})
+    return rows, infer_ips
+
+
+def run_study(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    done = set()
+    if results_path.is_file():
+        for line in results_path.read_text().splitlines():
+            row = json.loads(line)
+            done.add((row["dataset"], row["recipe"], row["seed"], row["image_size"], row["epochs"]))
+    for dataset, recipe, seed in itertools.product(args.datasets, args.recipes, args.seeds):
+        if (dataset, recipe, seed, args.image_size, args.epochs) in done:
+            continue
+        runs = out / "runs" / f"{recipe}_s{args.image_size}_e{args.epochs}" / f"seed{seed}"
+        train_ips = train(args, dataset, recipe, seed, runs)
+        rows, infer_ips = evaluate(args, dataset, seed, find_latest_checkpoint(runs, dataset))
+        with results_path.open("a") as f:
+            for row in rows:
+                f.write(json.dumps({"dataset": dataset, "recipe": recipe, "seed": seed, "image_size": args.image_size,
+                                    "epochs": args.epochs, "train_img_s": train_ips, "infer_img_s": infer_ips,
+                                    **row}) + "\n")
+        print(f"{dataset} {recipe} seed {seed}: done (train {train_ips:.1f} img/s, infer {infer_ips:.1f} img/s)",
+              flush=True)
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "n/a"
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.3f} ± {sd:.3f}"
+
+
+def report(args: argparse.Namespace) -> str:
+    rows = [json.loads(line) for line in (Path(args.out) / "results.jsonl").read_text().splitlines()]
+    keys = sorted({(r["dataset"], r["image_size"], r["epochs"], r["recipe"], r["fusion"], r["sigma"], r["calibration"])
+                   for r in rows}, key=str)
+    columns = ["image_auroc", "pixel_auroc", "pixel_aupro", "image_tpr_at_threshold", "image_fpr_at_threshold",
+               "image_tpr_at_1pct_fpr", "image_tpr_at_5pct_fpr", "pixel_precision_at_threshold",
+               "pixel_recall_at_threshold", "pixel_iou_at_threshold", "good_pixel_fpr_at_threshold"]
+    header = ["data set", "size", "ep", "recipe", "fusion", "σ", "calibration", "seeds", *columns,
+              "train img/s", "infer img/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key in keys:
+        group = [r for r in rows if (r["dataset"], r["image_size"], r["epochs"], r["recipe"], r["fusion"],
+                                     r["sigma"], r["calibration"]) == key]
+        train_ips = [r["train_img_s"] for r in group if r["train_img_s"] > 0]
+        cells = [*map(str, key[:4]), key[4], f"{key[5]:g}", key[6], str(len(group)),
+                 *(_mean_sd([r[c] for r in group]) for c in columns),
+                 f"{np.mean(train_ips):.1f}" if train_ips else "n/a", f"{np.mean([r['infer_img_s'] for r in group]):.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.report_only:
+        run_study(args)
+    table = report(args)
+    print(table)
+    if args.report:
+        Path(args.report).write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Map settings beyond the official recipe: smoothing, sum fusion with per-level scaling, Gumbel calibration,
+non-square inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage, stats
+
+from stfpm.anomaly_map import AnomalyMapGenerator, fuse_anomaly_maps
+from stfpm.data.io import ImageTransform, as_hw, aspect_preserving_size, resize_mask, size_record
+from stfpm.errors import DataError
+from stfpm.thresholding import calibrate, gumbel_threshold, quantile_threshold
+from stfpm.torch_model import STFPMModel
+
+
+def _levels(seed: int, batch: int = 3) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(batch, 1, h, w, generator=g) for h, w in ((12, 20), (6, 10), (3, 5))]
+
+
+@pytest.mark.parametrize("sigma", [1.0, 1.3, 2.0])
+def test_smoothing_equals_scipy_gaussian_filter(sigma: float) -> None:
+    levels = _levels(0)
+    generator = AnomalyMapGenerator(3, "product", sigma)
+    maps, scores = generator(levels, (24, 40))
+    fused = fuse_anomaly_maps(levels, (24, 40)).numpy()
+    expected = np.stack([ndimage.gaussian_filter(m[0].astype(np.float64), sigma, mode="mirror") for m in fused])
+    np.testing.assert_allclose(maps[:, 0].numpy(), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(scores.numpy(), expected.reshape(3, -1).max(axis=1), rtol=1e-5)
+
+
+def test_no_smoothing_is_the_official_product() -> None:
+    levels = _levels(1)
+    maps, _ = AnomalyMapGenerator(3)(levels, (24, 40))
+    expected = np.ones((3, 24, 40))
+    for level in levels:
+        up = torch.nn.functional.interpolate(level, size=(24, 40), mode="bilinear", align_corners=False)
+        expected = expected * up[:, 0].numpy()
+    np.testing.assert_allclose(maps[:, 0].numpy(), expected, rtol=1e-6)
+
+
+def test_sum_fusion_weighs_levels_by_their_validation_mean() -> None:
+    val, test = _levels(2, batch=5), _levels(3)
+    val[1] = val[1] * 10.0  # a level with a larger range must not dominate the sum
+    generator = AnomalyMapGenerator(3, "sum")
+    generator.fit_level_scale(val)
+    means = [float(v.mean()) for v in val]
+    np.testing.assert_allclose(generator.level_scale.numpy(), [1 / m for m in means], rtol=1e-6)
+    maps, _ = generator(test, (12, 20))
+    expected = sum(
+        torch.nn.functional.interpolate(t, size=(12, 20), mode="bilinear", align_corners=False) / m
+        for t, m in zip(test, means)
+    )
+    np.testing.assert_allclose(maps.numpy(), expected.numpy(), rtol=1e-5)
+    product = AnomalyMapGenerator(3, "product")
+    product.fit_level_scale(val)
+    assert torch.equal(product.level_scale, torch.ones(3))  # the official fusion is never rescaled
+
+
+def test_level_scale_travels_in_the_state_dict_and_old_ones_load() -> None:
+    model = STFPMModel("resnet18", teacher_weights=None, map_fusion="sum", map_sigma=2.0)
+    model.anomaly_map.level_scale.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    state = model.state_dict()
+    assert "anomaly_map.level_scale" in state and "anomaly_map.kernel" not in state
+    clone = STFPMModel("resnet18", teacher_weights=None, map_fusion="sum", map_sigma=2.0)
+    clone.load_state_dict(state)
+    assert torch.equal(clone.anomaly_map.level_scale, torch.tensor([1.0, 2.0, 3.0]))
+    old = {k: v for k, v in STFPMModel("resnet18", teacher_weights=None).state_dict().items() if "level_scale" not in k}
+    STFPMModel("resnet18", teacher_weights=None).load_state_dict(old)  # written before the buffer existed
+
+
+def test_bad_map_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="fusion"):
+        AnomalyMapGenerator(3, "max")
+    with pytest.raises(ValueError, match="sigma"):
+        AnomalyMapGenerator(3, "product", -1.0)
+
+
+def test_gumbel_threshold_is_the_fitted_quantile() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.gumbel(loc=1.0, scale=0.2, size=400)
+    beta = np.std(scores, ddof=1) * math.sqrt(6) / math.pi
+    mu = np.mean(scores) - np.euler_gamma * beta
+    expected = stats.gumbel_r.ppf(0.99, loc=mu, scale=beta)
+    assert gumbel_threshold(scores, 0.99) == pytest.approx(max(expected, np.quantile(scores, 0.99)))
+    # on a large Gumbel sample the fit lands near the true quantile
+    assert gumbel_threshold(scores, 0.99) == pytest.approx(stats.gumbel_r.ppf(0.99, 1.0, 0.2), rel=0.1)
+
+
+def test_gumbel_threshold_extrapolates_beyond_few_scores_and_never_undercuts_them() -> None:
+    few = np.array([0.9, 1.0, 1.1, 1.05, 0.95, 1.2, 1.0])
+    assert gumbel_threshold(few, 0.99) > few.max()
+    assert gumbel_threshold(few[:2], 0.99) == quantile_threshold(few[:2], 0.99)  # too few to fit
+    assert gumbel_threshold(few, 1.0) == few.max()
+    maps = torch.rand(7, 8, 8)
+    image, pixel = calibrate(torch.tensor(few), maps, 0.99, 0.999, "gumbel")
+    assert image == pytest.approx(gumbel_threshold(few, 0.99)) and pixel == quantile_threshold(maps, 0.999)
+    with pytest.raises(ValueError, match="calibration"):
+        calibrate(torch.tensor(few), maps, 0.99, 0.999, "magic")
+
+
+def test_image_sizes_square_or_height_width() -> None:
+    assert as_hw(64) == (64, 64) and as_hw([64]) == (64, 64) and as_hw([48, 80]) == (48, 80)
+    assert size_record((64, 64)) == 64 and size_record((48, 80)) == [48, 80]
+    for bad in (0, [1, 2, 3], [32, 0], "64", True, [], 2.5):
+        with pytest.raises(DataError, match="image size"):
+            as_hw(bad)
+
+
+def test_aspect_preserving_size_keeps_area_and_ratio() -> None:
+    height, width = aspect_preserving_size(128, 230 / 565)
+    assert (height, width) == (80, 208)  # 565x230 photos: 16640 pixels against 128*128 = 16384
+    assert height % 16 == 0 and width % 16 == 0
+    assert aspect_preserving_size(256, 1.0) == (256, 256)
+    assert aspect_preserving_size(128, 2.0) == (176, 96)
+    with pytest.raises(DataError):
+        aspect_preserving_size(128, 0.0)
+
+
+def test_non_square_transform_and_mask() -> None:
+    image = np.zeros((230, 565, 3), np.uint8)
+    assert ImageTransform((80, 208))(image).shape == (3, 80, 208)
+    mask = np.zeros((230, 565), bool)
+    mask[100:130, 200:300] = True
+    resized = resize_mask(mask, (80, 208))
+    assert resized.shape == (1, 80, 208) and resized.dtype == torch.bool
+    rows, cols = np.nonzero(resized[0].numpy())
+    assert 33 <= rows.min() <= 36 and 43 <= rows.max() <= 46 and 72 <= cols.min() <= 75 and 109 <= cols.max() <= 111
+
+
+def _wide_copy(tiny_data, tmp_path):
+    """The tiny category with every image and mask stretched to 64x96 (height x width)."""
+    from PIL import Image
+    import shutil
+
+    root = tmp_path / "wide"
+    shutil.copytree(tiny_data, root)
+    for path in (root / "tiny").rglob("*.png"):
+        with Image.open(path) as img:
+            resample = Image.NEAREST if "ground_truth" in path.parts else Image.BILINEAR
+            img.resize((96, 64), resample).save(path)
+    return root
+
+
+def test_non_square_run_trains_tests_and_predicts_end_to_end(tiny_data, tmp_path) -> None:
+    """--keep-aspect on 64x96 parts: the input keeps their ratio, and every path uses it."""
+    import json
+
+    from PIL import Image
+
+    from conftest import TRAIN_ARGS
+    from stfpm.checkpoint import load_checkpoint
+    from stfpm.export import metadata
+    from stfpm.prediction import main as predict_main
+    from stfpm.testing import main as test_main
+    from stfpm.training import main as train_main
+
+    root = _wide_copy(tiny_data, tmp_path)
+    args = [*TRAIN_ARGS, "--epochs", "1", "--keep-aspect", "--map-fusion", "sum", "--map-sigma", "2",
+            "--calibration", "gumbel"]
+    assert train_main(["--category", "tiny", "--data-root", str(root), "--output-dir", str(tmp_path / "runs"), *args]) == 0
+    checkpoint = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+    model = load_checkpoint(checkpoint)
+    assert model.hparams["image_size"] == [48, 80]  # 64*64 pixels at ratio 2/3, multiples of 16
+    assert model.hparams["map_fusion"] == "sum" and model.hparams["map_sigma"] == 2.0
+    assert not torch.equal(model.model.anomaly_map.level_scale, torch.ones(3))  # fitted on validation normals
+    assert all(math.isfinite(t) for t in model.thresholds)
+    maps, _ = model.model.predict(torch.randn(1, 3, 48, 80))
+    assert maps.shape == (1, 1, 48, 80)
+    meta = metadata(model, "exported_program")
+    assert meta["image_size"] == [48, 80] and "[B,3,48,80]" in meta["input"]
+
+    out = tmp_path / "eval"
+    base = ["--num-workers", "0", "--accelerator", "cpu"]
+    assert test_main(["--checkpoint", str(checkpoint), "--data-root", str(root), "--output-dir", str(out), *base]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["image_size"] == [48, 80] and 0 <= results["pixel_auroc"] <= 1
+
+    pred_out = tmp_path / "pred"
+    image = next((root / "tiny" / "test" / "hole").glob("*.png"))
+    assert predict_main(["--checkpoint", str(checkpoint), "--input", str(image), "--output", str(pred_out),
+                         "--save-raw", "--num-workers", "0"]) == 0
+    mask = np.asarray(Image.open(next(pred_out.rglob("*_mask.png"))))
+    assert mask.shape == (64, 96) and set(np.unique(mask)) <= {0, 255}
+    raw = np.load(next(pred_out.rglob("*_map.npy")))
+    np.testing.assert_array_equal(mask > 0, raw >= model.thresholds[1])  # the mask is the saved map thresholded
+
+
+def test_keep_aspect_takes_one_size(tiny_data, tmp_path, capsys) -> None:
+    from conftest import TRAIN_ARGS
+    from stfpm.cli import run
+    from stfpm.training import main as train_main
+
+    args = list(TRAIN_ARGS)
+    args[args.index("--image-size") + 1: args.index("--image-size") + 2] = ["48", "64"]
+    code = run(train_main, ["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path),
+                            *args, "--keep-aspect"])
+    assert code == 2 and "--keep-aspect takes one --image-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own one-line usage error
+        train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path),
+                    *TRAIN_ARGS, "--map-sigma", "-1"])
+    assert exit_info.value.code == 2 and "--map-sigma must be >= 0" in capsys.readouterr().err
