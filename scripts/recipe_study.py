@@ -140,7 +140,7 @@ def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path
     has_mask = np.array([s.label == 0 or s.mask_path is not None for s in samples])
     rows = []
     for fusion, sigma, calibration in itertools.product(FUSION, SIGMAS, CALIBRATIONS):
-        model.model.anomaly_map = AnomalyMapGenerator(len(val_levels), fusion, sigma)
+        model.model.anomaly_map = AnomalyMapGenerator(len(val_levels), fusion, sigma, model.model.tiler)
         model.hparams["calibration"] = calibration
         image_thr, pixel_thr = model.calibrate_on(val_levels, size)
         maps, scores = model.model.anomaly_map(test_levels, size)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stfpm.tiling import Tiler
+
 FUSIONS = ("product", "sum")
 """``product``: the official fusion, levels multiplied. ``sum``: each level divided by its mean on the
 validation normals (so every level weighs the same), then added; a defect seen clearly by one level alone
@@ -51,7 +53,7 @@ class AnomalyMapGenerator(nn.Module):
     (:meth:`fit_level_scale`). It is a buffer, so it travels with checkpoints and exports.
     """
 
-    def __init__(self, num_levels: int, fusion: str = "product", sigma: float = 0.0) -> None:
+    def __init__(self, num_levels: int, fusion: str = "product", sigma: float = 0.0, tiler: Tiler | None = None) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
@@ -61,6 +63,7 @@ class AnomalyMapGenerator(nn.Module):
         self.sigma = float(sigma)
         self.register_buffer("level_scale", torch.ones(num_levels))
         self.register_buffer("kernel", gaussian_kernel(sigma) if sigma > 0 else torch.ones(1), persistent=False)
+        self.tiler = tiler
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         # checkpoints written before per-level scaling existed hold no level_scale: they used the product, scale 1
@@ -94,9 +97,22 @@ class AnomalyMapGenerator(nn.Module):
         return out
 
     def forward(self, layer_maps: Sequence[Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """Anomaly maps [B,1,H,W] and image scores [B]."""
-        maps = self.smooth(self.fuse(layer_maps, size))
+        """Anomaly maps [B,1,H,W] at the input ``size`` and image scores [B].
+
+        With a tiler, ``layer_maps`` hold the T tiles of each image (B*T rows): they are fused at the tile
+        size and stitched back to the input size before smoothing.
+        """
+        if self.tiler is None:
+            maps = self.fuse(layer_maps, size)
+        else:
+            maps = self.tiler.merge(self.fuse(layer_maps, self.tiler.tile_size))
+        maps = self.smooth(maps)
         return maps, image_scores(maps)
+
+    @property
+    def rows_per_image(self) -> int:
+        """How many rows of the level maps belong to one image (its tiles, or 1)."""
+        return 1 if self.tiler is None else self.tiler.num_tiles
 
     @torch.no_grad()
     def fit_level_scale(self, layer_maps: Sequence[Tensor]) -> None:

@@ -47,15 +47,21 @@ class STFPM(pl.LightningModule):
         calibration: str = "empirical",
         map_fusion: str = "product",
         map_sigma: float = 0.0,
+        tile_size: int | list[int] | None = None,
+        tile_overlap: float = 0.25,
     ) -> None:
         super().__init__()
         if calibration not in CALIBRATIONS:
             raise ValueError(f"unknown calibration {calibration!r}; choose one of {', '.join(CALIBRATIONS)}")
-        self.model = STFPMModel(backbone, student_backbone, layers, teacher_weights, map_fusion, map_sigma)
+        self.model = STFPMModel(
+            backbone, student_backbone, layers, teacher_weights, map_fusion, map_sigma, image_size, tile_size,
+            tile_overlap,
+        )
         self.save_hyperparameters()
         self.hparams["student_backbone"] = student_backbone or backbone
         self.hparams["layers"] = list(self.model.layers)
         self.hparams["image_size"] = size_record(as_hw(image_size))
+        self.hparams["tile_size"] = None if tile_size is None else size_record(as_hw(tile_size))
         self.register_buffer("image_threshold", torch.tensor(math.nan))
         self.register_buffer("pixel_threshold", torch.tensor(math.nan))
         self.run_info: dict[str, str] = {}  # category and data root, recorded in checkpoints
@@ -90,7 +96,8 @@ class STFPM(pl.LightningModule):
         """
         generator = self.model.anomaly_map
         generator.fit_level_scale(levels)
-        outputs = [generator([lv[i: i + chunk] for lv in levels], size) for i in range(0, len(levels[0]), chunk)]
+        step = chunk * generator.rows_per_image  # whole images only: their tiles are stitched together
+        outputs = [generator([lv[i: i + step] for lv in levels], size) for i in range(0, len(levels[0]), step)]
         scores = torch.cat([s for _, s in outputs]).cpu()
         maps = torch.cat([m[:, 0] for m, _ in outputs]).cpu()
         image_thr, pixel_thr = calibrate(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from torch import Tensor, nn
 
 from stfpm.anomaly_map import AnomalyMapGenerator, layer_anomaly_maps
 from stfpm.backbones import build_backbone, get_preset, layer_channels, layer_strides, resolve_layers
+from stfpm.data.io import as_hw
 from stfpm.errors import WeightsError
+from stfpm.tiling import Tiler
 
 
 class STFPMModel(nn.Module):
@@ -26,6 +30,9 @@ class STFPMModel(nn.Module):
         teacher_weights: str | None = "imagenet",
         map_fusion: str = "product",
         map_sigma: float = 0.0,
+        image_size: int | Sequence[int] | None = None,
+        tile_size: int | Sequence[int] | None = None,
+        tile_overlap: float = 0.25,
     ) -> None:
         super().__init__()
         student_backbone = student_backbone or backbone
@@ -38,16 +45,26 @@ class STFPMModel(nn.Module):
         self.projections = nn.ModuleList(
             nn.Identity() if s == t else nn.Conv2d(s, t, kernel_size=1) for s, t in zip(s_channels, t_channels)
         )
-        self.anomaly_map = AnomalyMapGenerator(len(self.layers), map_fusion, map_sigma)
+        self.tiler: Tiler | None = None
+        if tile_size is not None:
+            if image_size is None:
+                raise ValueError("tiling needs the input size")
+            self.tiler = Tiler(as_hw(image_size), as_hw(tile_size), tile_overlap)
+        self.anomaly_map = AnomalyMapGenerator(len(self.layers), map_fusion, map_sigma, self.tiler)
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Teacher features (no gradient) and student features (projected to the teacher's channels)."""
+        """Teacher features (no gradient) and student features (projected to the teacher's channels).
+
+        With tiling, the features are those of the tiles: B*T rows, the T tiles of each image consecutive.
+        """
+        if self.tiler is not None:
+            images = self.tiler.split(images)
         teacher_features = self.teacher(images)
         student_features = [proj(f) for proj, f in zip(self.projections, self.student(images))]
         return teacher_features, student_features
 
     def layer_maps(self, images: Tensor) -> list[Tensor]:
-        """Per-level anomaly maps [B,1,h,w] at each level's own resolution."""
+        """Per-level anomaly maps [B,1,h,w] (B*T with tiling) at each level's own resolution."""
         return layer_anomaly_maps(*self(images))
 
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:

@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-aspect", action=argparse.BooleanOptionalAction, default=False,
         help="with one SIZE: keep the training images' median aspect ratio at about SIZE*SIZE pixels",
     )
+    data.add_argument(
+        "--tile-size", type=int, nargs="+", metavar="SIZE",
+        help="cut each input into overlapping tiles of S (or H W) pixels, each seen by the networks on its own",
+    )
+    data.add_argument("--tile-overlap", type=float, default=0.25, help="share of a tile overlapping its neighbour")
     data.add_argument("--batch-size", type=int, default=32)
     data.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="data loading processes")
     data.add_argument("--val-fraction", type=float, default=0.2, help="share of train/good held out for validation")
@@ -102,6 +107,15 @@ def resolve_image_size(image_size: int | list[int], keep_aspect: bool, train_ima
     return resolved
 
 
+def check_tiles(image_size: tuple[int, int], tile_size: int | list[int] | None) -> None:
+    """Tiles must fit in the input."""
+    if tile_size is None:
+        return
+    tile = as_hw(tile_size)
+    if tile[0] > image_size[0] or tile[1] > image_size[1]:
+        raise DataError(f"--tile-size {tile[0]}x{tile[1]} is larger than the input {image_size[0]}x{image_size[1]} (HxW)")
+
+
 def _model_kwargs(args: argparse.Namespace, image_size: tuple[int, int]) -> dict:
     return dict(
         backbone=args.backbone,
@@ -109,6 +123,8 @@ def _model_kwargs(args: argparse.Namespace, image_size: tuple[int, int]) -> dict
         layers=args.layers,
         teacher_weights=args.teacher_weights,
         image_size=size_record(image_size),
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
         calibration=args.calibration,
         map_fusion=args.map_fusion,
         map_sigma=args.map_sigma,
@@ -152,7 +168,9 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
         model = _resumed_model(resume, args)
     else:
         train_images = scan_train(resolve_category_dir(args.data_root, category))
-        model = STFPM(**_model_kwargs(args, resolve_image_size(args.image_size, args.keep_aspect, train_images)))
+        image_size = resolve_image_size(args.image_size, args.keep_aspect, train_images)
+        check_tiles(image_size, args.tile_size)
+        model = STFPM(**_model_kwargs(args, image_size))
     model.run_info = {"category": category, "data_root": str(Path(args.data_root).resolve())}
     datamodule = MVTecDataModule(
         data_root=args.data_root,
@@ -221,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--category is required (a folder name under --data-root, or `all`)")
     if not (args.map_sigma >= 0):
         parser.error(f"--map-sigma must be >= 0, got {args.map_sigma}")
+    if not (0 <= args.tile_overlap < 1):
+        parser.error(f"--tile-overlap must be in [0, 1), got {args.tile_overlap}")
     config = {k: v for section in grouped(parser, args).values() for k, v in section.items()}
     categories = list_categories(args.data_root) if args.category == "all" else [args.category]
     if not categories:
