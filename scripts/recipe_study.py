@@ -48,6 +48,7 @@ RECIPES: dict[str, list[str]] = {
     "aspect_2x": ["--image-size", "{size2x}", "--keep-aspect"],
     "square_2x_epochs": ["--image-size", "{size}", "--epochs", "{epochs2x}"],
     "aspect_2x_epochs": ["--image-size", "{size}", "--keep-aspect", "--epochs", "{epochs2x}"],
+    "aspect_hard": ["--image-size", "{size}", "--keep-aspect", "--hard-fraction", "0.1"],
 }
 FUSION = ("product", "sum")
 SIGMAS = (0.0, 2.0, 4.0)

@@ -49,6 +49,7 @@ class STFPM(pl.LightningModule):
         map_sigma: float = 0.0,
         tile_size: int | list[int] | None = None,
         tile_overlap: float = 0.25,
+        hard_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         if calibration not in CALIBRATIONS:
@@ -69,7 +70,7 @@ class STFPM(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         teacher, student = self.model(batch["image"])
-        loss = stfpm_loss(teacher, student)
+        loss = stfpm_loss(teacher, student, self.hparams.get("hard_fraction", 1.0))
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
         return loss
 

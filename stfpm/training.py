@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--map-fusion", default="product", choices=list(FUSIONS), help="how pyramid levels are fused")
     model.add_argument("--map-sigma", type=float, default=0.0, help="Gaussian smoothing of the map, in input pixels")
+    model.add_argument(
+        "--hard-fraction", type=float, default=1.0,
+        help="train on this share of feature positions with the largest teacher-student difference (1: all, as the paper)",
+    )
     optim = parser.add_argument_group("optimizer")
     optim.add_argument("--lr", type=float, default=0.4)
     optim.add_argument("--momentum", type=float, default=0.9)
@@ -125,6 +129,7 @@ def _model_kwargs(args: argparse.Namespace, image_size: tuple[int, int]) -> dict
         image_size=size_record(image_size),
         tile_size=args.tile_size,
         tile_overlap=args.tile_overlap,
+        hard_fraction=args.hard_fraction,
         calibration=args.calibration,
         map_fusion=args.map_fusion,
         map_sigma=args.map_sigma,
@@ -239,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--category is required (a folder name under --data-root, or `all`)")
     if not (args.map_sigma >= 0):
         parser.error(f"--map-sigma must be >= 0, got {args.map_sigma}")
+    if not (0 < args.hard_fraction <= 1):
+        parser.error(f"--hard-fraction must be in (0, 1], got {args.hard_fraction}")
     if not (0 <= args.tile_overlap < 1):
         parser.error(f"--tile-overlap must be in [0, 1), got {args.tile_overlap}")
     config = {k: v for section in grouped(parser, args).values() for k, v in section.items()}

@@ -184,3 +184,18 @@ def test_unknown_backbone_and_layer_are_one_line_errors() -> None:
         STFPMModel("resnet9000", teacher_weights=None)
     with pytest.raises(WeightsError, match="has no layer"):
         STFPMModel("resnet18", layers=["layer7"], teacher_weights=None)
+
+
+def test_hard_feature_loss_averages_only_the_hardest_positions() -> None:
+    teacher, student = _features(6), _features(7)
+    assert stfpm_loss(teacher, student, 1.0).item() == pytest.approx(stfpm_loss(teacher, student).item())
+    expected = 0.0
+    for t, s in zip(teacher, student):
+        distance = ((torch.nn.functional.normalize(t, dim=1) - torch.nn.functional.normalize(s, dim=1)) ** 2).sum(1)
+        values = np.sort(distance.numpy().ravel())[::-1]
+        k = max(1, round(0.25 * values.size))
+        expected += values[:k].mean()
+    assert stfpm_loss(teacher, student, 0.25).item() == pytest.approx(expected, rel=1e-6)
+    assert stfpm_loss(teacher, student, 0.25).item() > stfpm_loss(teacher, student).item()
+    with pytest.raises(ValueError, match="hard_fraction"):
+        stfpm_loss(teacher, student, 0.0)
