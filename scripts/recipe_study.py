@@ -35,6 +35,7 @@ from stfpm.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E4
 from stfpm.data import MVTecDataModule, load_mask, resize_mask  # noqa: E402
 from stfpm.data.io import as_hw  # noqa: E402
 from stfpm.evaluation import TestPredictions, compute_metrics  # noqa: E402
+from stfpm.metrics import overlap_at_threshold  # noqa: E402
 from stfpm.postprocess import resize_map  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,7 @@ FIGURES = (
     "image_auroc", "pixel_auroc", "pixel_aupro", "image_tpr_at_threshold", "image_fpr_at_threshold",
     "pixel_precision_at_threshold", "pixel_recall_at_threshold", "pixel_iou_at_threshold",
     "image_tpr_at_1pct_fpr", "image_tpr_at_5pct_fpr", "good_pixel_fpr_at_threshold",
+    "pixel_precision_at_image_threshold", "pixel_recall_at_image_threshold", "pixel_iou_at_image_threshold",
 )
 
 
@@ -151,6 +153,13 @@ def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path
             defect_types=[s.defect_type for s in samples],
         )
         figures = compute_metrics(pred, image_threshold=image_thr, pixel_threshold=pixel_thr)
+        # the same masks with the image threshold as pixel threshold: a part is flagged iff its mask is not empty
+        with_mask = [i for i in range(len(full)) if has_mask[i]]
+        flat_maps = np.concatenate([full[i].ravel() for i in with_mask])
+        flat_masks = np.concatenate([masks[i].ravel() for i in with_mask])
+        p, r, iou = overlap_at_threshold(flat_maps, flat_masks, image_thr)
+        figures.update(pixel_precision_at_image_threshold=p, pixel_recall_at_image_threshold=r,
+                       pixel_iou_at_image_threshold=iou)
         good = [m for m, y in zip(full, labels) if y == 0]
         figures["good_pixel_fpr_at_threshold"] = (
             float(np.mean(np.concatenate([g.ravel() for g in good]) >= pixel_thr)) if good else math.nan
@@ -198,7 +207,8 @@ def report(args: argparse.Namespace) -> str:
                    for r in rows}, key=str)
     columns = ["image_auroc", "pixel_auroc", "pixel_aupro", "image_tpr_at_threshold", "image_fpr_at_threshold",
                "image_tpr_at_1pct_fpr", "image_tpr_at_5pct_fpr", "pixel_precision_at_threshold",
-               "pixel_recall_at_threshold", "pixel_iou_at_threshold", "good_pixel_fpr_at_threshold"]
+               "pixel_recall_at_threshold", "pixel_iou_at_threshold", "good_pixel_fpr_at_threshold",
+               "pixel_iou_at_image_threshold"]
     header = ["data set", "size", "ep", "recipe", "fusion", "σ", "calibration", "seeds", *columns,
               "train img/s", "infer img/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -207,7 +217,7 @@ def report(args: argparse.Namespace) -> str:
                                      r["sigma"], r["calibration"]) == key]
         train_ips = [r["train_img_s"] for r in group if r["train_img_s"] > 0]
         cells = [*map(str, key[:4]), key[4], f"{key[5]:g}", key[6], str(len(group)),
-                 *(_mean_sd([r[c] for r in group]) for c in columns),
+                 *(_mean_sd([r.get(c) for r in group]) for c in columns),
                  f"{np.mean(train_ips):.1f}" if train_ips else "n/a", f"{np.mean([r['infer_img_s'] for r in group]):.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
