@@ -67,6 +67,7 @@ class STFPM(pl.LightningModule):
         self.register_buffer("pixel_threshold", torch.tensor(math.nan))
         self.run_info: dict[str, str] = {}  # category and data root, recorded in checkpoints
         self._val_levels: list[list[Tensor]] = []  # per batch, the per-level maps at their own resolution
+        self._warned_few = False
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         teacher, student = self.model(batch["image"])
@@ -101,9 +102,16 @@ class STFPM(pl.LightningModule):
         outputs = [generator([lv[i: i + step] for lv in levels], size) for i in range(0, len(levels[0]), step)]
         scores = torch.cat([s for _, s in outputs]).cpu()
         maps = torch.cat([m[:, 0] for m, _ in outputs]).cpu()
+        quantile, method = self.hparams["image_threshold_quantile"], self.hparams.get("calibration", "empirical")
+        if method == "empirical" and 0 < quantile < 1 and len(scores) < 1 / (1 - quantile) and not self._warned_few:
+            self._warned_few = True
+            log.warning(
+                "only %d validation images: their %.3g quantile is about their maximum, which roughly 1 good part "
+                "in %d will exceed (not %.2g%%); add training images, raise --val-fraction or use --calibration gumbel",
+                len(scores), quantile, len(scores) + 1, 100 * (1 - quantile),
+            )
         image_thr, pixel_thr = calibrate(
-            scores, maps, self.hparams["image_threshold_quantile"], self.hparams["pixel_threshold_quantile"],
-            self.hparams.get("calibration", "empirical"),
+            scores, maps, quantile, self.hparams["pixel_threshold_quantile"], method
         )
         self.image_threshold.fill_(image_thr)
         self.pixel_threshold.fill_(pixel_thr)
