@@ -50,6 +50,7 @@ RECIPES: dict[str, list[str]] = {
     "square_2x_epochs": ["--image-size", "{size}", "--epochs", "{epochs2x}"],
     "aspect_2x_epochs": ["--image-size", "{size}", "--keep-aspect", "--epochs", "{epochs2x}"],
     "aspect_hard": ["--image-size", "{size}", "--keep-aspect", "--hard-fraction", "0.1"],
+    "square_hard": ["--image-size", "{size}", "--hard-fraction", "0.1"],
 }
 FUSION = ("product", "sum")
 SIGMAS = (0.0, 2.0, 4.0)
@@ -78,13 +79,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def recipe_flags(recipe: str, size: int, epochs: int) -> tuple[list[str], int, int]:
+    """The recipe's train.py flags, its image size (the side of the square of equal area) and its epochs."""
+    fill = dict(size=size, size2x=round(size * math.sqrt(2)), epochs2x=2 * epochs)
+    extra = [flag.format(**fill) for flag in RECIPES[recipe]]
+    side = int(extra[extra.index("--image-size") + 1])
+    return extra, side, int(extra[extra.index("--epochs") + 1]) if "--epochs" in extra else epochs
+
+
 def train(args: argparse.Namespace, dataset: str, recipe: str, seed: int, runs: Path) -> float:
     """Train one recipe (skipped when its checkpoint exists); returns training images/s (0 if reused)."""
     if (runs / dataset).is_dir() and any((runs / dataset).glob("version_*/checkpoints/best.ckpt")):
         return 0.0
-    fill = dict(size=args.image_size, size2x=round(args.image_size * math.sqrt(2)), epochs2x=2 * args.epochs)
-    extra = [flag.format(**fill) for flag in RECIPES[recipe]]
-    epochs = int(extra[extra.index("--epochs") + 1]) if "--epochs" in extra else args.epochs
+    extra, _, epochs = recipe_flags(recipe, args.image_size, args.epochs)
     cmd = [
         sys.executable, str(ROOT / "train.py"), "--category", dataset, "--data-root", str(Path(args.shared) / "data"),
         "--backbone", "mobilenet_v2", "--teacher-weights", str(Path(args.shared) / WEIGHTS),
@@ -201,26 +208,36 @@ def _mean_sd(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {sd:.3f}"
 
 
+COLUMNS = {  # results key -> short column name
+    "image_auroc": "img AUROC", "pixel_auroc": "px AUROC", "pixel_aupro": "AUPRO",
+    "image_tpr_at_threshold": "img TPR@thr", "image_fpr_at_threshold": "img FPR@thr",
+    "image_tpr_at_1pct_fpr": "TPR@1%FPR", "image_tpr_at_5pct_fpr": "TPR@5%FPR",
+    "pixel_precision_at_threshold": "px prec@thr", "pixel_recall_at_threshold": "px rec@thr",
+    "pixel_iou_at_threshold": "px IoU@thr", "good_pixel_fpr_at_threshold": "good px FPR@thr",
+}
+
+
 def report(args: argparse.Namespace) -> str:
+    """One Markdown table per data set: mean ± sd over seeds of every recipe and map setting."""
     rows = [json.loads(line) for line in (Path(args.out) / "results.jsonl").read_text().splitlines()]
-    keys = sorted({(r["dataset"], r["image_size"], r["epochs"], r["recipe"], r["fusion"], r["sigma"], r["calibration"])
-                   for r in rows}, key=str)
-    columns = ["image_auroc", "pixel_auroc", "pixel_aupro", "image_tpr_at_threshold", "image_fpr_at_threshold",
-               "image_tpr_at_1pct_fpr", "image_tpr_at_5pct_fpr", "pixel_precision_at_threshold",
-               "pixel_recall_at_threshold", "pixel_iou_at_threshold", "good_pixel_fpr_at_threshold",
-               "pixel_iou_at_image_threshold"]
-    header = ["data set", "size", "ep", "recipe", "fusion", "σ", "calibration", "seeds", *columns,
-              "train img/s", "infer img/s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for key in keys:
-        group = [r for r in rows if (r["dataset"], r["image_size"], r["epochs"], r["recipe"], r["fusion"],
-                                     r["sigma"], r["calibration"]) == key]
-        train_ips = [r["train_img_s"] for r in group if r["train_img_s"] > 0]
-        cells = [*map(str, key[:4]), key[4], f"{key[5]:g}", key[6], str(len(group)),
-                 *(_mean_sd([r.get(c) for r in group]) for c in columns),
-                 f"{np.mean(train_ips):.1f}" if train_ips else "n/a", f"{np.mean([r['infer_img_s'] for r in group]):.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    setting = lambda r: (r["recipe"], r["image_size"], r["epochs"], r["fusion"], r["sigma"], r["calibration"])  # noqa: E731
+    out = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        subset = [r for r in rows if r["dataset"] == dataset]
+        header = ["recipe", "size", "epochs", "fusion", "σ", "calibration", "seeds", *COLUMNS.values(),
+                  "train img/s", "infer img/s"]
+        lines = [f"### {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for key in sorted({setting(r) for r in subset}, key=str):
+            group = [r for r in subset if setting(r) == key]
+            train_ips = [r["train_img_s"] for r in group if r["train_img_s"] > 0]
+            _, side, epochs = recipe_flags(key[0], key[1], key[2])
+            cells = [key[0], str(side), str(epochs), key[3], f"{key[4]:g}", key[5], str(len(group)),
+                     *(_mean_sd([r.get(c) for r in group]) for c in COLUMNS),
+                     f"{np.mean(train_ips):.1f}" if train_ips else "n/a",
+                     f"{np.mean([r['infer_img_s'] for r in group]):.1f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
