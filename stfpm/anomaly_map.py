@@ -89,12 +89,12 @@ class AnomalyMapGenerator(nn.Module):
             return maps
         k = self.kernel.to(maps.dtype)
         radius = (k.numel() - 1) // 2
+        # reflect padding cannot exceed the map: on a map smaller than the kernel, a shortened kernel is used,
+        # renormalised so that a constant map stays constant
         pad_h, pad_w = min(radius, maps.shape[-2] - 1), min(radius, maps.shape[-1] - 1)
-        out = F.pad(maps, (pad_w, pad_w, 0, 0), mode="reflect")
-        out = F.conv2d(out, k[radius - pad_w: radius + pad_w + 1].view(1, 1, 1, -1))
-        out = F.pad(out, (0, 0, pad_h, pad_h), mode="reflect")
-        out = F.conv2d(out, k[radius - pad_h: radius + pad_h + 1].view(1, 1, -1, 1))
-        return out
+        k_w, k_h = k[radius - pad_w: radius + pad_w + 1], k[radius - pad_h: radius + pad_h + 1]
+        out = F.conv2d(F.pad(maps, (pad_w, pad_w, 0, 0), mode="reflect"), (k_w / k_w.sum()).view(1, 1, 1, -1))
+        return F.conv2d(F.pad(out, (0, 0, pad_h, pad_h), mode="reflect"), (k_h / k_h.sum()).view(1, 1, -1, 1))
 
     def forward(self, layer_maps: Sequence[Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Anomaly maps [B,1,H,W] at the input ``size`` and image scores [B].

@@ -334,17 +334,19 @@ def aupro(anomaly_maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     """
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    if isinstance(anomaly_maps, (list, tuple)):
+    if isinstance(anomaly_maps, (list, tuple)):  # per-image arrays of different sizes: flattened into one copy
         map_list, mask_list = [_to_numpy(m) for m in anomaly_maps], [_as_mask(m) for m in masks]
-    else:
-        map_list, mask_list = [_to_numpy(anomaly_maps)], [_as_mask(masks)]
-        if map_list[0].ndim == 3:
-            map_list, mask_list = list(map_list[0]), list(mask_list[0])
-    if len(map_list) != len(mask_list) or any(m.shape != g.shape or m.ndim != 2 for m, g in zip(map_list, mask_list)):
-        raise ValueError("anomaly_maps and masks must be [N, H, W] (or [H, W]) arrays, or lists of [H, W] pairs, of equal shapes")
-    maps = np.concatenate([m.ravel() for m in map_list])
+        if len(map_list) != len(mask_list) or any(m.shape != g.shape or m.ndim != 2 for m, g in zip(map_list, mask_list)):
+            raise ValueError("anomaly_maps and masks must be lists of [H, W] arrays of pairwise equal shapes")
+        maps = np.concatenate([m.ravel() for m in map_list])
+        gt = np.concatenate([g.ravel() for g in mask_list])
+    else:  # one stacked array: flat views, no copy of the (possibly huge) map
+        stacked, stacked_gt = _to_numpy(anomaly_maps), _as_mask(masks)
+        if stacked.shape != stacked_gt.shape or stacked.ndim not in (2, 3):
+            raise ValueError(f"anomaly_maps {stacked.shape} and masks {stacked_gt.shape} must share one [N, H, W] shape")
+        mask_list = list(stacked_gt.reshape(-1, *stacked_gt.shape[-2:]))
+        maps, gt = stacked.reshape(-1), stacked_gt.reshape(-1)
     maps = maps.astype(np.float32) if maps.dtype == np.float16 else maps
-    gt = np.concatenate([g.ravel() for g in mask_list])
     n_anomalous = int(np.count_nonzero(gt))
     if n_anomalous == 0 or n_anomalous == gt.size:
         return float("nan")

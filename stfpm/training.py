@@ -8,6 +8,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -97,15 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_image_size(image_size: int | list[int], keep_aspect: bool, train_images: list[Path]) -> tuple[int, int]:
+def resolve_image_size(
+    image_size: int | list[int], keep_aspect: bool, train_images: Callable[[], list[Path]]
+) -> tuple[int, int]:
     """The network input (H, W): as given, or with ``keep_aspect`` the training images' median aspect ratio at
-    about SIZE*SIZE pixels (sides multiples of 16)."""
+    about SIZE*SIZE pixels (sides multiples of 16). ``train_images`` is only called with ``keep_aspect``."""
     size = as_hw(image_size)
     if not keep_aspect:
         return size
     if size[0] != size[1]:
         raise DataError("--keep-aspect takes one --image-size (the side of a square of equal area), not H W")
-    aspect = median_aspect(train_images)
+    aspect = median_aspect(train_images())
     resolved = aspect_preserving_size(size[0], aspect)
     log.info("--keep-aspect: median height/width of the training images %.3f -> input %dx%d (HxW)", aspect, *resolved)
     return resolved
@@ -172,8 +175,9 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
     if resume:
         model = _resumed_model(resume, args)
     else:
-        train_images = scan_train(resolve_category_dir(args.data_root, category))
-        image_size = resolve_image_size(args.image_size, args.keep_aspect, train_images)
+        image_size = resolve_image_size(
+            args.image_size, args.keep_aspect, lambda: scan_train(resolve_category_dir(args.data_root, category))
+        )
         check_tiles(image_size, args.tile_size)
         model = STFPM(**_model_kwargs(args, image_size))
     model.run_info = {"category": category, "data_root": str(Path(args.data_root).resolve())}

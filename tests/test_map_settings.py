@@ -204,3 +204,10 @@ def test_keep_aspect_takes_one_size(tiny_data, tmp_path, capsys) -> None:
         train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path),
                     *TRAIN_ARGS, "--map-sigma", "-1"])
     assert exit_info.value.code == 2 and "--map-sigma must be >= 0" in capsys.readouterr().err
+
+
+def test_smoothing_a_map_smaller_than_the_kernel_keeps_a_constant_constant() -> None:
+    levels = [torch.full((2, 1, 3, 3), 0.5), torch.full((2, 1, 2, 2), 0.5), torch.full((2, 1, 1, 1), 0.5)]
+    maps, scores = AnomalyMapGenerator(3, "product", 4.0)(levels, (5, 7))  # radius 16 > the map's sides
+    torch.testing.assert_close(maps, torch.full((2, 1, 5, 7), 0.125))
+    torch.testing.assert_close(scores, torch.full((2,), 0.125))
