@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from stfpm.data import MVTecDataModule
+from stfpm.engine import run_inference
 from stfpm.data.io import as_hw
 from stfpm.lightning_model import STFPM
 from stfpm.metrics import aupro, auroc, f1_max, overlap_at_threshold, rates_at_threshold, tpr_at_fpr
@@ -33,7 +35,8 @@ class TestPredictions:
 
 
 class _Collector(BasePredictionWriter):
-    """Copies each batch's outputs into preallocated arrays, so the maps are held once, not twice."""
+    """Copies each batch's outputs into preallocated arrays at their dataset indices, so the maps are held once,
+    not twice; under several processes the shares are gathered to every process at the end."""
 
     def __init__(self, n: int, size: tuple[int, int]) -> None:
         super().__init__(write_interval="batch")
@@ -43,30 +46,62 @@ class _Collector(BasePredictionWriter):
             maps=np.empty((n, *size), np.float32),
             masks=np.empty((n, *size), bool),
             has_mask=np.empty(n, bool),
+            defect_types=[""] * n,
+            paths=[""] * n,
         )
+        self.filled = np.zeros(n, bool)
         self.offset = 0
 
-    def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], *args: Any) -> None:
-        d, i = self.data, self.offset
-        j = i + len(prediction["score"])
-        d.scores[i:j] = prediction["score"].numpy()
-        d.labels[i:j] = prediction["label"].numpy()
-        d.maps[i:j] = prediction["anomaly_map"].numpy()
-        d.masks[i:j] = prediction["mask"][:, 0].numpy()
-        d.has_mask[i:j] = prediction["has_mask"].numpy()
-        d.defect_types.extend(prediction["defect_type"])
-        d.paths.extend(prediction["path"])
-        self.offset = j
+    def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, *args: Any) -> None:  # type: ignore[no-untyped-def]
+        count = len(prediction["score"])
+        if batch_indices is None:  # without a tracking sampler: batches arrive in order
+            batch_indices = range(self.offset, self.offset + count)
+        self.offset += count
+        self._store(np.asarray(list(batch_indices)), {
+            "scores": prediction["score"].numpy(), "labels": prediction["label"].numpy(),
+            "maps": prediction["anomaly_map"].numpy(), "masks": prediction["mask"][:, 0].numpy(),
+            "has_mask": prediction["has_mask"].numpy(), "defect_types": list(prediction["defect_type"]),
+            "paths": list(prediction["path"]),
+        })
+
+    def _store(self, index: np.ndarray, values: dict[str, Any]) -> None:
+        d = self.data
+        for key in ("scores", "labels", "maps", "masks", "has_mask"):
+            getattr(d, key)[index] = values[key]
+        for i, defect, path in zip(index.tolist(), values["defect_types"], values["paths"]):
+            d.defect_types[i], d.paths[i] = defect, path
+        self.filled[index] = True
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:
+            import torch.distributed as dist
+
+            mine = np.flatnonzero(self.filled)
+            d = self.data
+            share = {
+                "index": mine, "scores": d.scores[mine], "labels": d.labels[mine], "maps": d.maps[mine],
+                "masks": d.masks[mine], "has_mask": d.has_mask[mine],
+                "defect_types": [d.defect_types[i] for i in mine], "paths": [d.paths[i] for i in mine],
+            }
+            shares: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(shares, share)
+            for other in shares:
+                self._store(other["index"], other)
+        if not self.filled.all():
+            raise RuntimeError(f"{int((~self.filled).sum())} test images received no prediction")
 
 
-def predict_test_split(model: STFPM, datamodule: MVTecDataModule, trainer_kwargs: dict[str, Any]) -> TestPredictions:
-    """Run the model over the test split with Lightning (progress bar, device placement, precision)."""
+def predict_test_split(model: STFPM, datamodule: MVTecDataModule, args: argparse.Namespace) -> tuple[TestPredictions, bool]:
+    """Run the model over the test split through the shared engine (progress bar, devices, precision, DDP).
+
+    Returns the predictions of every test image, in dataset order, on every process, and whether this
+    process is the first (the one that reports).
+    """
     datamodule.setup("test")
     n = len(datamodule.test_dataset)
     collector = _Collector(n, as_hw(model.hparams["image_size"]))
-    trainer = pl.Trainer(logger=False, callbacks=[collector], **trainer_kwargs)
-    trainer.predict(model, dataloaders=datamodule.test_dataloader(), return_predictions=False)
-    return collector.data
+    trainer = run_inference(model, datamodule.test_dataloader(), args, [collector])
+    return collector.data, trainer.is_global_zero
 
 
 def _pixel_subset(pred: TestPredictions, select: np.ndarray) -> tuple[Any, Any]:

@@ -2,8 +2,9 @@
 
 The exported network takes RGB images already resized to the training size, as floats in [0, 1]
 ([B,3,H,W]); ImageNet normalisation is built in. It returns the anomaly maps [B,1,H,W] and image scores [B],
-computed by the same :meth:`STFPMModel.predict` as test.py and predict.py. A JSON file beside it records the
-image size, the calibrated thresholds and the backbones, which a deployment needs to decide.
+computed by the same :meth:`STFPMModel.predict` as test.py and predict.py. The normalisation is the data
+pipeline's own :class:`~stfpm.data.io.Normalize`; the resize is left to the deployment and stated exactly in the
+JSON file beside the network, with the thresholds (a :class:`~stfpm.thresholding.ThresholdPolicy`) and backbones.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from stfpm.atomic import atomic_write_text
-from stfpm.data.io import as_hw
+from stfpm.data.io import Normalize, as_hw
 from stfpm.errors import STFPMError
 from stfpm.lightning_model import STFPM
+from stfpm.thresholding import ThresholdPolicy
 from stfpm.torch_model import STFPMModel
 
 log = logging.getLogger(__name__)
@@ -29,42 +31,41 @@ FORMATS = ("exported_program", "torchscript", "onnx")
 class DeployableSTFPM(nn.Module):
     """Normalisation followed by the STFPM forward pass: images in [0, 1] -> (maps, scores)."""
 
-    def __init__(self, model: STFPMModel, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(self, model: STFPMModel, normalize: Normalize) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.normalize = normalize
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.predict((images - self.mean) / self.std)
+        return self.model.predict(self.normalize(images))
 
 
 def deployable(model: STFPM) -> DeployableSTFPM:
     """The exportable network of a trained Lightning model, in eval mode on the CPU."""
-    hp = model.hparams
-    return DeployableSTFPM(model.model, tuple(hp["mean"]), tuple(hp["std"])).cpu().eval()
+    return DeployableSTFPM(model.model, model.preprocessing().normalize).cpu().eval()
 
 
-def metadata(model: STFPM, fmt: str) -> dict:
-    """What a deployment needs besides the network."""
+def metadata(model: STFPM, fmt: str, policy: ThresholdPolicy | None = None) -> dict:
+    """What a deployment needs besides the network; thresholds: ``policy``, else the calibrated ones."""
     hp = model.hparams
-    height, width = as_hw(hp["image_size"])
-    image_thr, pixel_thr = model.thresholds
+    transform = model.preprocessing()
+    height, width = transform.size
+    policy = policy or ThresholdPolicy(*model.thresholds)
     return {
         "format": fmt,
         "input": f"float32 RGB [B,3,{height},{width}] in [0, 1] (resized, not normalised)",
-        "resize": f"the whole image, bilinear, to height {height} x width {width} (no crop, aspect not kept)",
+        "resize": transform.resize,
         "outputs": [f"anomaly_maps [B,1,{height},{width}]", "image_scores [B]"],
+        "decision": "image anomalous if image_score >= image_threshold; pixel defective if map >= pixel_threshold",
         "image_size": hp["image_size"],
         "map_fusion": hp.get("map_fusion", "product"),
         "map_sigma": hp.get("map_sigma", 0.0),
         "tile_size": hp.get("tile_size"),
         "tile_overlap": hp.get("tile_overlap", 0.25) if hp.get("tile_size") is not None else None,
         "tiling": "inside the network: feed the whole resized image" if hp.get("tile_size") is not None else None,
-        "mean": list(hp["mean"]),
-        "std": list(hp["std"]),
-        "image_threshold": image_thr,
-        "pixel_threshold": pixel_thr,
+        "mean": list(transform.mean),
+        "std": list(transform.std),
+        **policy.as_dict(),
         "backbone": hp["backbone"],
         "student_backbone": hp["student_backbone"],
         "layers": list(hp["layers"]),
@@ -72,8 +73,8 @@ def metadata(model: STFPM, fmt: str) -> dict:
     }
 
 
-def export(model: STFPM, output: Path, fmt: str = "exported_program") -> Path:
-    """Write the network to ``output`` and its metadata to ``output`` + ``.json``."""
+def export(model: STFPM, output: Path, fmt: str = "exported_program", policy: ThresholdPolicy | None = None) -> Path:
+    """Write the network to ``output`` and its metadata (thresholds: ``policy``, else calibrated) beside it."""
     if fmt not in FORMATS:
         raise STFPMError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     net = deployable(model)
@@ -89,7 +90,7 @@ def export(model: STFPM, output: Path, fmt: str = "exported_program") -> Path:
         else:
             _export_onnx(net, example, output, batch)
     json_path = output.with_name(output.name + ".json")
-    atomic_write_text(json_path, json.dumps(metadata(model, fmt), indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(metadata(model, fmt, policy), indent=2) + "\n")
     return output
 
 

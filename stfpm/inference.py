@@ -5,16 +5,16 @@
 >>> result = predictor.predict(PIL.Image.open("part.png"))
 >>> result.score, result.is_anomalous, result.mask.shape  # mask: uint8 0/255 at the source size
 
-predict.py is built on this class, and the anomaly maps come from the same model code as test.py's.
+An in-process, single-device view of the engine that test.py and predict.py run through Lightning: the same
+preprocessing (``STFPM.preprocessing``), the same model call (``STFPM.predict_step``) and the same
+:class:`~stfpm.postprocess.Postprocessor` with its :class:`~stfpm.thresholding.ThresholdPolicy`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,27 +22,15 @@ from PIL import Image
 from torch import Tensor
 
 from stfpm.checkpoint import load_checkpoint
-from stfpm.data import ImageTransform, load_image
+from stfpm.data import load_image
 from stfpm.errors import STFPMError
 from stfpm.lightning_model import STFPM
-from stfpm.postprocess import binary_mask, resize_map, to_numpy
+from stfpm.postprocess import Postprocessor, Prediction
+from stfpm.thresholding import ThresholdPolicy
+
+__all__ = ["Prediction", "Predictor", "resolve_device"]
 
 ImageInput = Union[Image.Image, np.ndarray, str, Path]
-
-
-@dataclass
-class Prediction:
-    """The verdict on one image, at the image's own resolution."""
-
-    score: float  # max of the anomaly map
-    is_anomalous: bool  # score >= image threshold
-    anomaly_map: np.ndarray  # float32 [H, W]
-    mask: np.ndarray  # uint8 [H, W], exactly 0 or 255 (pixel >= pixel threshold)
-
-    @property
-    def defect_area_fraction(self) -> float:
-        """Share of the image's pixels marked as defect."""
-        return float((self.mask > 0).mean())
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -54,15 +42,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except RuntimeError as exc:
         raise STFPMError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise STFPMError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        raise STFPMError(f"device {device!r} requested but CUDA is not available; use the CPU (device='cpu')")
     return resolved
 
 
-_PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+_AUTOCAST = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16,
+             "16-mixed": torch.float16, "16": torch.float16}
 
 
 class Predictor:
-    """A trained model on one device with its preprocessing and decision thresholds."""
+    """A trained model on one device with its preprocessing, decision thresholds and postprocessing."""
 
     def __init__(
         self,
@@ -71,52 +60,48 @@ class Predictor:
         image_threshold: float | None = None,
         pixel_threshold: float | None = None,
         min_defect_area: int = 0,
-        precision: str = "32",
+        precision: str = "32-true",
+        thresholds_from: str | Path | None = None,
     ) -> None:
-        if precision not in _PRECISIONS:
-            raise STFPMError(f"unknown precision {precision!r}; choose one of {', '.join(_PRECISIONS)}")
+        if precision not in _AUTOCAST:
+            raise STFPMError(f"unknown precision {precision!r}; choose one of {', '.join(_AUTOCAST)}")
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-        hp = model.hparams
-        self.transform = ImageTransform(hp["image_size"], hp["mean"], hp["std"])
-        stored_image, stored_pixel = model.thresholds
-        self.image_threshold = stored_image if image_threshold is None else float(image_threshold)
-        self.pixel_threshold = stored_pixel if pixel_threshold is None else float(pixel_threshold)
-        if math.isnan(self.image_threshold) or math.isnan(self.pixel_threshold):
-            raise STFPMError(
-                "this checkpoint has no calibrated thresholds (trained without validation images); "
-                "pass --threshold and --image-threshold (or image_threshold=/pixel_threshold=)"
-            )
-        self.min_defect_area = min_defect_area
-        self.dtype = _PRECISIONS[precision]
+        self.model = model.to(self.device)
+        self.model.prepare_for_inference()
+        self.transform = model.preprocessing()
+        policy = ThresholdPolicy.resolve(model.thresholds, image_threshold, pixel_threshold, thresholds_from)
+        self.postprocessor = Postprocessor(policy, min_defect_area)
+        self.dtype = _AUTOCAST[precision]
+
+    @property
+    def image_threshold(self) -> float:
+        return self.postprocessor.policy.image
+
+    @property
+    def pixel_threshold(self) -> float:
+        return self.postprocessor.policy.pixel
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs) -> "Predictor":
+    def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> "Predictor":
         """Load a checkpoint written by train.py (see :class:`Predictor` for the keyword arguments)."""
         return cls(load_checkpoint(path), **kwargs)
 
-    def _autocast(self):
+    def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     @torch.inference_mode()
     def anomaly_maps(self, batch: Tensor) -> tuple[Tensor, Tensor]:
-        """Maps [B,H,W] and scores [B] of a preprocessed batch [B,3,H,W], on the predictor's device."""
+        """Maps [B,H,W] and scores [B] (on the CPU) of a preprocessed batch [B,3,H,W]."""
         with self._autocast():
-            maps, scores = self.model.model.predict(batch.to(self.device, non_blocking=True))
-        return maps[:, 0].float(), scores.float()
-
-    def postprocess(self, anomaly_map: Tensor, score: float, source_size: tuple[int, int]) -> Prediction:
-        """Resize one map to its source size (height, width), then threshold it."""
-        full = to_numpy(resize_map(anomaly_map, source_size))
-        mask = binary_mask(full, self.pixel_threshold, self.min_defect_area)
-        return Prediction(float(score), bool(score >= self.image_threshold), full, mask)
+            out = self.model.predict_step({"image": batch.to(self.device, non_blocking=True)}, 0)
+        return out["anomaly_map"], out["score"]
 
     def predict_batch(self, batch: Tensor, source_sizes: Sequence[tuple[int, int]]) -> list[Prediction]:
         """Predictions for a preprocessed batch whose images had the given (height, width) sizes."""
         maps, scores = self.anomaly_maps(batch)
-        return [self.postprocess(m, s, size) for m, s, size in zip(maps, scores.tolist(), source_sizes)]
+        return [self.postprocessor(m, s, size) for m, s, size in zip(maps, scores.tolist(), source_sizes)]
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> Prediction | list[Prediction]:
         """Score one image (PIL, numpy HxW/HxWxC uint8, or a path) or a list of them."""

@@ -1,18 +1,22 @@
 """From a fused anomaly map to what a user looks at: source-size maps, binary masks, heatmaps.
 
-Used by test.py's visual report, predict.py's writer and the importable :class:`stfpm.inference.Predictor`,
-so a mask means the same thing everywhere.
+:class:`Postprocessor` is the one place where a map becomes a verdict and a mask; test.py's visual report,
+predict.py's writer and the importable :class:`stfpm.inference.Predictor` all use it, so a mask means the
+same thing everywhere.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from stfpm.thresholding import ThresholdPolicy
 
 
 def resize_map(anomaly_map: Tensor, size: tuple[int, int]) -> Tensor:
@@ -66,3 +70,38 @@ def overlay(image_rgb: np.ndarray, anomaly_map: np.ndarray, vmax: float, alpha: 
 def to_numpy(anomaly_map: Tensor) -> np.ndarray:
     """A float32 numpy copy of a map, wherever it lives."""
     return anomaly_map.detach().to("cpu", torch.float32).numpy()
+
+
+@dataclass
+class Prediction:
+    """The verdict on one image, at the image's own resolution."""
+
+    score: float  # max of the anomaly map
+    is_anomalous: bool  # score >= image threshold
+    anomaly_map: np.ndarray  # float32 [H, W]
+    mask: np.ndarray  # uint8 [H, W], exactly 0 or 255 (pixel >= pixel threshold)
+
+    @property
+    def defect_area_fraction(self) -> float:
+        """Share of the image's pixels marked as defect."""
+        return float((self.mask > 0).mean())
+
+
+class Postprocessor:
+    """Model output of one image -> :class:`Prediction` at its source size, under one threshold policy."""
+
+    def __init__(self, policy: ThresholdPolicy, min_defect_area: int = 0) -> None:
+        if min_defect_area < 0:
+            raise ValueError(f"min_defect_area must be >= 0, got {min_defect_area}")
+        self.policy = policy.require_defined()
+        self.min_defect_area = int(min_defect_area)
+
+    def __call__(self, anomaly_map: Tensor, score: float, source_size: tuple[int, int]) -> Prediction:
+        """Resize the map [h,w] bilinearly to ``source_size`` (height, width), then threshold it."""
+        full = to_numpy(resize_map(anomaly_map, tuple(source_size)))
+        mask = binary_mask(full, self.policy.pixel, self.min_defect_area)
+        return Prediction(float(score), self.policy.is_anomalous(score), full, mask)
+
+    def heatmap(self, image_rgb: np.ndarray, prediction: Prediction) -> np.ndarray:
+        """The map coloured on a scale where the pixel threshold sits mid-way, blended over the image."""
+        return overlay(image_rgb, prediction.anomaly_map, heatmap_scale(self.policy.pixel, prediction.anomaly_map))

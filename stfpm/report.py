@@ -82,8 +82,9 @@ def write_category_results(results: dict[str, Any], out_dir: Path) -> str:
     atomic_write_text(out_dir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n")
     atomic_write_text(out_dir / "results.csv", _csv_text(rows, ["scope", "n_images", *ALL_COLUMNS]))
     thresholds = (
-        f"At the calibrated thresholds (image {fmt(results.get('calibrated_image_threshold'), 6)}, "
-        f"pixel {fmt(results.get('calibrated_pixel_threshold'), 6)}):\n\n"
+        f"At the {results.get('threshold_source', 'calibrated')} thresholds "
+        f"(image {fmt(results.get('image_threshold', results.get('calibrated_image_threshold')), 6)}, "
+        f"pixel {fmt(results.get('pixel_threshold', results.get('calibrated_pixel_threshold')), 6)}):\n\n"
     )
     atomic_write_text(out_dir / "results.md", f"# {results['category']}\n\n{table}\n{thresholds}{operating}")
     return f"{table}\n{thresholds}{operating}"
@@ -104,7 +105,7 @@ def write_summary(all_results: list[dict[str, Any]], out_dir: Path) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summary_rows(all_results)
     table = markdown_table(rows, ["category", *SUMMARY_COLUMNS])
-    table += "\nAt each model's calibrated thresholds:\n\n" + markdown_table(rows, ["category", *OPERATING_COLUMNS])
+    table += "\nAt each model's decision thresholds (calibrated unless test.py was given others; see threshold_source in results.json):\n\n" + markdown_table(rows, ["category", *OPERATING_COLUMNS])
     atomic_write_text(out_dir / "results_all.json", json.dumps(_json_safe(rows), indent=2) + "\n")
     atomic_write_text(out_dir / "results_all.csv", _csv_text(rows, ["category", *ALL_COLUMNS]))
     atomic_write_text(out_dir / "results_all.md", table)
@@ -113,10 +114,16 @@ def write_summary(all_results: list[dict[str, Any]], out_dir: Path) -> str:
 
 def save_png(path: Path, array: np.ndarray) -> None:
     """Write an RGB or single-channel uint8 array as PNG, atomically."""
+    save_image(path, array)
+
+
+def save_image(path: Path, array: np.ndarray) -> None:
+    """Write an RGB or single-channel uint8 array atomically, in the format of the path's suffix (.png, .jpg)."""
     import cv2
 
     image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-    ok, encoded = cv2.imencode(".png", image)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, encoded = cv2.imencode(path.suffix.lower(), image, params)
     if not ok:
         raise OSError(f"cannot encode {path}")
     atomic_write_bytes(path, encoded.tobytes())

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from stfpm.checkpoint import find_latest_checkpoint, list_trained_categories, load_checkpoint
-from stfpm.config import new_parser, parse_args, parse_devices
+from stfpm.config import new_parser, parse_args
 from stfpm.data import MVTecDataModule
+from stfpm.engine import add_engine_args, add_threshold_args, threshold_policy
 from stfpm.errors import CheckpointError
 from stfpm.evaluation import compute_metrics, predict_test_split, undefined_metrics_note
 from stfpm.report import write_category_results, write_summary
@@ -27,13 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", help=f"dataset root (default: the one recorded at training, else {DEFAULT_DATA_ROOT})")
     parser.add_argument("--runs-dir", default="runs", help="where train.py wrote its runs (its --output-dir)")
     parser.add_argument("--output-dir", help="where results go (default: next to the checkpoint, in its run folder)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
-    parser.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ...")
-    parser.add_argument("--devices", default="1", help="evaluation runs on one device: its count or index list")
-    parser.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed, ...")
     parser.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integrates up to this false positive rate")
     parser.add_argument("--save-images", action="store_true", help="also write per-image panels, ROC and histogram")
+    add_threshold_args(parser)
+    add_engine_args(parser, batch_size=32)
     return parser
 
 
@@ -53,14 +50,16 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, category: st
         data_root, category, image_size=hp["image_size"], batch_size=args.batch_size,
         num_workers=args.num_workers, mean=hp["mean"], std=hp["std"],
     )
-    trainer_kwargs = dict(accelerator=args.accelerator, devices=parse_devices(args.devices), precision=args.precision)
-    pred = predict_test_split(model, datamodule, trainer_kwargs)
-    image_thr, pixel_thr = model.thresholds
+    policy = threshold_policy(args, model)
+    pred, reporter = predict_test_split(model, datamodule, args)
+    if not reporter:  # under several processes, the first one reports
+        return {}
     results = {
         "category": category,
-        **compute_metrics(pred, fpr_limit=args.fpr_limit, image_threshold=image_thr, pixel_threshold=pixel_thr),
-        "calibrated_image_threshold": image_thr,
-        "calibrated_pixel_threshold": pixel_thr,
+        **compute_metrics(pred, fpr_limit=args.fpr_limit, image_threshold=policy.image, pixel_threshold=policy.pixel),
+        "calibrated_image_threshold": model.thresholds[0],
+        "calibrated_pixel_threshold": model.thresholds[1],
+        **policy.as_dict(),
         "checkpoint": str(checkpoint),
         "data_root": str(data_root),
         "backbone": hp["backbone"],
@@ -76,7 +75,7 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, category: st
     if note:
         log.warning("%s: %s", category, note)
     if args.save_images:
-        _save_visuals(pred, results, out_dir, image_thr, pixel_thr)
+        _save_visuals(pred, results, out_dir, policy.image, policy.pixel)
     print(f"results: {out_dir / 'results.json'}")
     return results
 
@@ -116,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for c in categories
     ]
+    if not all(results):
+        return 0  # not the reporting process
     summary_dir = output_dir or Path(args.runs_dir)
     print(f"\nall categories\n{write_summary(results, summary_dir)}")
     print(f"summary: {summary_dir / 'results_all.md'}")

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 DEFAULT_DATA_ROOT = "./data/mvtec_anomaly_detection"
+CHECKPOINT_METRICS = ("val_loss", "val_map_mean")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--batch-size", type=int, default=32)
     data.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="data loading processes")
     data.add_argument("--val-fraction", type=float, default=0.2, help="share of train/good held out for validation")
+    data.add_argument(
+        "--checkpoint-metric", default="val_loss", choices=list(CHECKPOINT_METRICS),
+        help="best.ckpt has the lowest: val_loss (ours) or val_map_mean (mean validation anomaly map, the official code's)",
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default="resnet152", choices=list(PRESETS), help="teacher architecture")
     model.add_argument(
@@ -201,7 +206,7 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
-        monitor="val_loss" if has_val else None,
+        monitor=args.checkpoint_metric if has_val else None,
         mode="min",
         save_last=True,
     )
@@ -231,9 +236,10 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
         return best
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     log.info(
-        "%s: best checkpoint %s (val_loss %s); calibrated thresholds: image %.6g, pixel %.6g",
+        "%s: best checkpoint %s (%s %s); calibrated thresholds: image %.6g, pixel %.6g",
         category,
         best,
+        args.checkpoint_metric,
         f"{float(checkpoint.best_model_score):.6g}" if checkpoint.best_model_score is not None else "n/a",
         float(state["image_threshold"]),
         float(state["pixel_threshold"]),

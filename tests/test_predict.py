@@ -49,7 +49,7 @@ def test_masks_are_binary_at_source_size_and_csv_matches(trained_run, inputs, tm
         mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
         assert mask.shape == (h, w) and mask.dtype == np.uint8
         assert set(np.unique(mask)) <= {0, 255}
-        heat = Image.open(out / f"{stem}_heatmap.png")
+        heat = Image.open(out / f"{stem}_heatmap.jpg")
         assert heat.size == (w, h) and heat.mode == "RGB"
         assert np.load(out / f"{stem}_map.npy").shape == (h, w)
     rows = list(csv.DictReader((out / "predictions.csv").open()))

@@ -162,3 +162,24 @@ def test_ddp_on_two_cpu_processes_gathers_validation_for_thresholds(tiny_data, t
     # each process validates one of the two images: equal quantiles prove the maps were gathered
     _assert_thresholds_match_validation_images(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt", tiny_data)
     assert done.stdout.count("best.ckpt") == 1  # one report, from rank 0
+
+
+@pytest.mark.parametrize("metric", ["val_loss", "val_map_mean"])
+def test_best_checkpoint_has_the_lowest_monitored_metric(tiny_data, tmp_path, metric) -> None:
+    """best.ckpt is the epoch with the lowest val_loss (ours) or val_map_mean (the official criterion)."""
+    import csv
+
+    import torch
+
+    from stfpm.training import main
+
+    argv = ["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS,
+            "--epochs", "4", "--checkpoint-metric", metric]
+    assert main(argv) == 0
+    run_dir = tmp_path / "tiny" / "version_0"
+    rows = [r for r in csv.DictReader((run_dir / "metrics.csv").open()) if r.get(metric)]
+    by_epoch = {int(r["epoch"]): float(r[metric]) for r in rows}
+    assert len(by_epoch) == 4 and len(set(by_epoch.values())) == 4  # four distinct values to choose from
+    best_epoch = min(by_epoch, key=by_epoch.get)
+    saved = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == best_epoch

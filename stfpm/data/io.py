@@ -233,13 +233,31 @@ def median_aspect(paths: Sequence[Path]) -> float:
     return float(np.median(ratios))
 
 
+class Normalize(torch.nn.Module):
+    """Per-channel ``(x - mean) / std`` of float images in [0, 1] ([3,H,W] or [B,3,H,W]).
+
+    The one normalisation of the project: :class:`ImageTransform` applies it in the data loaders and the
+    exported network carries this same module, so deployments feed un-normalised images.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([float(m) for m in mean], dtype=torch.float32).view(3, 1, 1))
+        self.register_buffer("std", torch.tensor([float(s) for s in std], dtype=torch.float32).view(3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+
 class ImageTransform:
-    """PIL image or uint8 array -> normalised float32 tensor [3, H, W].
+    """PIL image or uint8 array -> normalised float32 tensor [3, H, W]: the project's one preprocessing.
 
     Mirrors the official STFPM preprocessing (``Resize`` + ``ToTensor`` + ``Normalize``): the whole image is
     resized to the network size without cropping, so defects near the border are never cut off and anomaly
     maps map back onto the full original image. The size is square (the official ``S x S``) or any (H, W),
-    e.g. one that keeps the parts' aspect ratio (:func:`aspect_preserving_size`).
+    e.g. one that keeps the parts' aspect ratio (:func:`aspect_preserving_size`). The data module, the
+    :class:`~stfpm.inference.Predictor`, predict.py and the export all take it from here; :attr:`resize`
+    states the resize in words for deployments that do it themselves.
     """
 
     def __init__(
@@ -251,18 +269,29 @@ class ImageTransform:
         self.size = as_hw(image_size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self.normalize = Normalize(self.mean, self.std)
         self._pipeline: Callable[[Image.Image], torch.Tensor] = transforms.Compose(
             [
                 transforms.Resize(self.size, interpolation=InterpolationMode.BILINEAR),
                 transforms.ToTensor(),
-                transforms.Normalize(self.mean, self.std),
+                self.normalize,
             ]
+        )
+
+    @property
+    def resize(self) -> str:
+        """The resize, exactly, in words."""
+        height, width = self.size
+        return (
+            f"the whole image converted to 8-bit RGB, resized to height {height} x width {width} with PIL's bilinear "
+            "filter (antialiased; no crop, aspect not kept), then scaled to [0, 1]"
         )
 
     def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
         """Transform one image; non-RGB PIL modes are converted the same way :func:`load_image` does."""
         pil = _array_to_pil(image) if isinstance(image, np.ndarray) else to_rgb(image)
-        return self._pipeline(pil).to(torch.float32)
+        with torch.no_grad():
+            return self._pipeline(pil).to(torch.float32)
 
     def __repr__(self) -> str:
         return f"ImageTransform(size={self.size}, mean={self.mean}, std={self.std})"

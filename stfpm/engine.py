@@ -1,0 +1,92 @@
+"""The one inference engine of test.py and predict.py: Lightning's ``Trainer.predict`` with shared flags.
+
+Both scripts declare their device, precision, batching and threshold options through the functions below and
+run the model through :func:`run_inference`, so one device or precision fix reaches both, and a user learns
+one vocabulary (Lightning's: ``--accelerator``, ``--devices``, ``--precision``, ``--strategy``, ``--num-nodes``).
+Under several processes (DDP), each process scores its own share of the images, exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+from torch.utils.data import DataLoader
+
+from stfpm.config import parse_devices
+from stfpm.errors import STFPMError
+from stfpm.lightning_model import STFPM
+from stfpm.thresholding import ThresholdPolicy
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "bf16", "16")
+
+
+def add_engine_args(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """Device, precision and batching flags shared by test.py and predict.py (same names as train.py's)."""
+    group = parser.add_argument_group("engine")
+    group.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto, ...")
+    group.add_argument("--devices", default="1", help="a count (2), indices (0,1) or auto")
+    group.add_argument("--strategy", default="auto", help="auto, ddp, ... (ddp splits the images over --devices)")
+    group.add_argument("--num-nodes", type=int, default=1, help="machines taking part (with --strategy ddp)")
+    group.add_argument(
+        "--precision", default="32-true", choices=PRECISIONS, help="32-true, bf16-mixed, 16-mixed, ... (Lightning's)"
+    )
+    group.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass")
+    group.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="image decoding processes")
+
+
+def add_threshold_args(parser: argparse.ArgumentParser) -> None:
+    """The threshold-policy flags (see :meth:`ThresholdPolicy.resolve`)."""
+    group = parser.add_argument_group("thresholds (default: the calibrated ones stored in the checkpoint)")
+    group.add_argument("--threshold", type=float, help="pixel threshold: a map value >= it is a defect pixel")
+    group.add_argument("--image-threshold", type=float, help="image threshold: a score >= it is an anomalous image")
+    group.add_argument("--thresholds-from", help="results.json of test.py: use its F1-optimal thresholds")
+
+
+def threshold_policy(args: argparse.Namespace, model: STFPM) -> ThresholdPolicy:
+    """The policy the flags of :func:`add_threshold_args` ask for."""
+    return ThresholdPolicy.resolve(model.thresholds, args.image_threshold, args.threshold, args.thresholds_from)
+
+
+def check_engine_args(args: argparse.Namespace) -> None:
+    """Ranges that Lightning or the DataLoader would otherwise reject with a traceback."""
+    if args.batch_size < 1:
+        raise STFPMError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise STFPMError(f"--num-workers must be >= 0, got {args.num_workers}")
+    if args.num_nodes < 1:
+        raise STFPMError(f"--num-nodes must be >= 1, got {args.num_nodes}")
+
+
+def inference_trainer(args: argparse.Namespace, callbacks: Sequence[Callback]) -> pl.Trainer:
+    """A Trainer for ``predict`` on the requested devices; a device that does not exist is a one-line error."""
+    check_engine_args(args)
+    try:
+        return pl.Trainer(
+            accelerator=args.accelerator,
+            devices=parse_devices(args.devices),
+            strategy=args.strategy,
+            num_nodes=args.num_nodes,
+            precision=args.precision,
+            logger=False,
+            callbacks=list(callbacks),
+            enable_model_summary=False,
+        )
+    except (ValueError, RuntimeError, TypeError) as exc:  # Lightning's MisconfigurationException is a ValueError
+        reason = " ".join(str(exc).split())
+        raise STFPMError(f"cannot use --accelerator {args.accelerator} --devices {args.devices}: {reason}") from exc
+
+
+def run_inference(model: STFPM, loader: DataLoader, args: argparse.Namespace, callbacks: Sequence[Callback]) -> pl.Trainer:
+    """Score every batch of ``loader``; the callbacks (prediction writers) receive the model's outputs."""
+    trainer = inference_trainer(args, callbacks)
+    trainer.predict(model, dataloaders=loader, return_predictions=False)
+    return trainer
+
+
+def world_info(trainer: pl.Trainer) -> dict[str, Any]:
+    """Rank and size of the process group, for messages."""
+    return {"rank": trainer.global_rank, "world_size": trainer.world_size}

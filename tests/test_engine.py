@@ -1,0 +1,152 @@
+"""The shared inference engine: one threshold policy, resumable prediction, several processes, shared flags."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stfpm.cli import run
+from stfpm.errors import STFPMError
+from stfpm.prediction import MaskWriter, build_parser as predict_parser, main as predict_main
+from stfpm import testing as evaluate_cli
+from stfpm.thresholding import ThresholdPolicy
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_policy_precedence_explicit_then_results_then_calibrated(tmp_path) -> None:
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"image_f1_threshold": 0.7, "pixel_f1_threshold": 0.2}))
+    assert ThresholdPolicy.resolve((1.0, 2.0)) == ThresholdPolicy(1.0, 2.0, "calibrated")
+    from_file = ThresholdPolicy.resolve((1.0, 2.0), results_json=results)
+    assert (from_file.image, from_file.pixel) == (0.7, 0.2) and "F1-optimal" in from_file.source
+    mixed = ThresholdPolicy.resolve((1.0, 2.0), pixel=5.0, results_json=results)
+    assert (mixed.image, mixed.pixel) == (0.7, 5.0) and "explicit" in mixed.source and "F1" in mixed.source
+    assert ThresholdPolicy.resolve((1.0, 2.0), image=3.0).image == 3.0
+    assert mixed.is_anomalous(0.7) and not mixed.is_anomalous(0.69)
+
+
+def test_policy_errors_are_one_line(tmp_path) -> None:
+    with pytest.raises(STFPMError, match="no calibrated thresholds"):
+        ThresholdPolicy.resolve((math.nan, math.nan)).require_defined()
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps({"image_f1_threshold": None, "pixel_f1_threshold": 0.1}))
+    with pytest.raises(STFPMError, match="no defined F1-optimal"):
+        ThresholdPolicy.resolve((1.0, 1.0), results_json=bad)
+    with pytest.raises(STFPMError, match="cannot read"):
+        ThresholdPolicy.resolve((1.0, 1.0), results_json=tmp_path / "missing.json")
+
+
+def test_test_and_predict_share_engine_and_threshold_flags() -> None:
+    def flags(parser) -> dict[str, object]:
+        return {a.option_strings[0]: (a.default, a.choices) for a in parser._actions if a.option_strings}
+
+    shared = ["--accelerator", "--devices", "--strategy", "--num-nodes", "--precision", "--num-workers",
+              "--threshold", "--image-threshold", "--thresholds-from"]
+    t, p = flags(evaluate_cli.build_parser()), flags(predict_parser())
+    for flag in shared:
+        assert flag in t and flag in p and t[flag] == p[flag], flag
+
+
+@pytest.fixture()
+def folder(tiny_data, tmp_path) -> Path:
+    out = tmp_path / "in"
+    out.mkdir()
+    sources = sorted((tiny_data / "tiny" / "test").rglob("*.png"))[:6]
+    for i, path in enumerate(sources):
+        Image.open(path).resize((40 + 7 * i, 50)).save(out / f"img{i}.png")
+    return out
+
+
+def _rows(out: Path) -> dict[str, dict[str, str]]:
+    return {r["path"]: r for r in csv.DictReader((out / "predictions.csv").open())}
+
+
+def test_resume_after_a_crash_finishes_without_rewriting(trained_run, folder, tmp_path, monkeypatch) -> None:
+    base = ["--checkpoint", str(trained_run["checkpoint"]), "--input", str(folder), "--num-workers", "0",
+            "--batch-size", "1", "--accelerator", "cpu"]
+    assert predict_main([*base, "--output", str(tmp_path / "full")]) == 0
+    reference = _rows(tmp_path / "full")
+
+    original, calls = MaskWriter._write, []
+
+    def crashing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("simulated crash")
+        return original(self, *args, **kwargs)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(MaskWriter, "_write", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        predict_main([*base, "--output", str(out)])
+    monkeypatch.setattr(MaskWriter, "_write", original)
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("*_mask.png")}
+    assert 1 <= len(finished) < 6 and not (out / "predictions.csv").exists()
+
+    assert run(predict_main, [*base, "--output", str(out)]) == 2  # neither --resume nor --overwrite: refused
+    assert predict_main([*base, "--output", str(out), "--resume"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # finished outputs never rewritten
+    rows = _rows(out)
+    assert set(rows) == set(reference) and len(list(out.glob("*_mask.png"))) == 6
+    for path, row in rows.items():
+        assert float(row["image_score"]) == pytest.approx(float(reference[path]["image_score"]), rel=1e-6)
+    assert not list(out.glob(".predictions.rank*.jsonl"))  # journals merged into the table
+
+    calls.clear()
+    monkeypatch.setattr(MaskWriter, "_write", crashing)
+    assert predict_main([*base, "--output", str(out), "--resume"]) == 0  # all done: nothing runs
+    assert not calls
+
+
+def test_resume_refuses_outputs_of_other_thresholds(trained_run, folder, tmp_path, capsys) -> None:
+    base = ["--checkpoint", str(trained_run["checkpoint"]), "--input", str(folder), "--num-workers", "0",
+            "--output", str(tmp_path / "o")]
+    assert predict_main(base) == 0
+    assert run(predict_main, [*base, "--resume", "--threshold", "123"]) == 2
+    assert "other thresholds" in capsys.readouterr().err
+
+
+def _python(script: str, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / script), *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_predict_on_two_cpu_processes_writes_each_output_once(trained_run, folder, tmp_path) -> None:
+    common = ["--checkpoint", str(trained_run["checkpoint"]), "--input", str(folder), "--num-workers", "0",
+              "--batch-size", "2", "--accelerator", "cpu", "--save-raw"]
+    assert predict_main([*common, "--output", str(tmp_path / "one")]) == 0
+    done = _python("predict.py", *common, "--output", str(tmp_path / "two"), "--devices", "2", "--strategy", "ddp")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("6 images") == 1 and "(6 written" in done.stdout  # one report; no image scored twice
+    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert set(one) == set(two) and len(two) == 6
+    for path in one:
+        stem = path.rsplit(".", 1)[0]
+        assert float(two[path]["image_score"]) == pytest.approx(float(one[path]["image_score"]), rel=1e-5)
+        np.testing.assert_allclose(np.load(tmp_path / "two" / f"{stem}_map.npy"),
+                                   np.load(tmp_path / "one" / f"{stem}_map.npy"), rtol=1e-5, atol=1e-7)
+
+
+def test_test_on_two_cpu_processes_equals_one(trained_run, tmp_path) -> None:
+    common = ["--checkpoint", str(trained_run["checkpoint"]), "--num-workers", "0", "--batch-size", "3",
+              "--accelerator", "cpu"]
+    assert evaluate_cli.main([*common, "--output-dir", str(tmp_path / "one")]) == 0
+    done = _python("test.py", *common, "--output-dir", str(tmp_path / "two"), "--devices", "2", "--strategy", "ddp")
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "image_tpr_at_threshold",
+                "pixel_iou_at_threshold", "n_images"):
+        assert two[key] == pytest.approx(one[key], rel=1e-6, nan_ok=True), key
+    assert set(two["per_defect_type"]) == set(one["per_defect_type"])
+    for defect, figures in one["per_defect_type"].items():
+        assert two["per_defect_type"][defect] == pytest.approx(figures, rel=1e-6, nan_ok=True), defect
