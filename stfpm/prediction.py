@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 CSV_COLUMNS = ("path", "image_score", "image_threshold", "is_anomalous", "defect_area_fraction", "pixel_threshold")
 JOURNAL_GLOB = ".predictions.rank*.jsonl"
 HEATMAP_FORMATS = ("jpg", "png", "none")
+MAX_PENDING_WRITES = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +281,10 @@ class MaskWriter(BasePredictionWriter):
         ):
             assert self._pool is not None
             self._pending.append(self._pool.submit(self._write, self.targets[index], source, anomaly_map, score))
+        # back-pressure: when writing is slower than the model (a fast GPU), wait here rather than queue decoded
+        # images without bound, so memory stays flat in the number of images
+        while len(self._pending) > MAX_PENDING_WRITES:
+            self._pending.pop(0).result()
         pending = []
         for future in self._pending:
             if future.done():

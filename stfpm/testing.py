@@ -13,8 +13,9 @@ from stfpm.config import new_parser, parse_args
 from stfpm.data import MVTecDataModule
 from stfpm.engine import add_engine_args, add_threshold_args, threshold_policy
 from stfpm.errors import CheckpointError
-from stfpm.evaluation import compute_metrics, predict_test_split, undefined_metrics_note
+from stfpm.evaluation import TestPredictions, compute_metrics, predict_test_split, undefined_metrics_note
 from stfpm.report import write_category_results, write_summary
+from stfpm.thresholding import ThresholdPolicy
 from stfpm.training import DEFAULT_DATA_ROOT
 
 log = logging.getLogger(__name__)
@@ -75,21 +76,21 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, category: st
     if note:
         log.warning("%s: %s", category, note)
     if args.save_images:
-        _save_visuals(pred, results, out_dir, policy.image, policy.pixel)
+        _save_visuals(pred, results, out_dir, policy.or_else(results["image_f1_threshold"], results["pixel_f1_threshold"], "F1-optimal"))
     print(f"results: {out_dir / 'results.json'}")
     return results
 
 
-def _save_visuals(pred, results: dict[str, Any], out_dir: Path, image_thr: float, pixel_thr: float) -> None:
+def _save_visuals(pred: TestPredictions, results: dict[str, Any], out_dir: Path, policy: ThresholdPolicy) -> None:
     from stfpm.visual_report import save_image_panels, save_roc_curves, save_score_histogram
 
-    threshold = pixel_thr if math.isfinite(pixel_thr) else results["pixel_f1_threshold"]
-    if threshold is None or not math.isfinite(threshold):
+    threshold = policy.pixel
+    if not math.isfinite(threshold):
         log.warning("no pixel threshold available: predicted masks in the panels are skipped")
         threshold = math.inf
     count = save_image_panels(pred, out_dir / "images", threshold)
     save_roc_curves(pred, out_dir / "roc_curve.png", results)
-    save_score_histogram(pred, out_dir / "score_histogram.png", image_thr, results["category"])
+    save_score_histogram(pred, out_dir / "score_histogram.png", policy.image, results["category"])
     log.info("wrote %d image panels (input | ground truth | heatmap | mask) to %s", count, out_dir / "images")
 
 

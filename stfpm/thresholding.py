@@ -115,6 +115,16 @@ class ThresholdPolicy:
         source = sources.pop() if len(sources) == 1 else f"image {chosen['image'][1]}, pixel {chosen['pixel'][1]}"
         return cls(chosen["image"][0], chosen["pixel"][0], source)
 
+    def or_else(self, image: float | None, pixel: float | None, source: str) -> "ThresholdPolicy":
+        """This policy with each undefined (NaN) threshold replaced by the given one, e.g. test.py's F1-optimal
+        thresholds for its panels when a checkpoint has no calibrated ones."""
+        def pick(own: float, other: float | None) -> tuple[float, bool]:
+            usable = other is not None and not math.isnan(other)
+            return (float(other), True) if math.isnan(own) and usable else (own, False)
+
+        (new_image, a), (new_pixel, b) = pick(self.image, image), pick(self.pixel, pixel)
+        return ThresholdPolicy(new_image, new_pixel, f"{self.source}, else {source}" if a or b else self.source)
+
     @property
     def defined(self) -> bool:
         """Whether both thresholds are numbers (a model trained without validation images has none)."""

@@ -150,3 +150,11 @@ def test_test_on_two_cpu_processes_equals_one(trained_run, tmp_path) -> None:
     assert set(two["per_defect_type"]) == set(one["per_defect_type"])
     for defect, figures in one["per_defect_type"].items():
         assert two["per_defect_type"][defect] == pytest.approx(figures, rel=1e-6, nan_ok=True), defect
+
+
+def test_policy_fallback_fills_only_undefined_thresholds() -> None:
+    filled = ThresholdPolicy(math.nan, 0.4).or_else(0.9, 0.1, "F1-optimal")
+    assert (filled.image, filled.pixel) == (0.9, 0.4) and "F1-optimal" in filled.source
+    same = ThresholdPolicy(0.5, 0.4).or_else(0.9, 0.1, "F1-optimal")
+    assert same == ThresholdPolicy(0.5, 0.4)
+    assert math.isnan(ThresholdPolicy(math.nan, 0.4).or_else(None, None, "F1-optimal").image)
