@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stfpm.checkpoint import load_checkpoint  # noqa: E402
 from stfpm.cli import run  # noqa: E402
+from stfpm.engine import add_threshold_args, threshold_policy  # noqa: E402
 from stfpm.export import FORMATS, export  # noqa: E402
 
 
@@ -20,8 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="file to write (metadata goes to OUTPUT.json)")
     parser.add_argument("--format", default="exported_program", choices=FORMATS, help="exported_program (torch.export, .pt2), torchscript (deprecated by PyTorch) or onnx")
     parser.add_argument("--verbose", action="store_true")
+    add_threshold_args(parser)
     args = parser.parse_args(argv)
-    path = export(load_checkpoint(args.checkpoint), Path(args.output), args.format)
+    model = load_checkpoint(args.checkpoint)
+    path = export(model, Path(args.output), args.format, threshold_policy(args, model))
     print(f"exported {args.format} to {path} (metadata: {path}.json)")
     return 0
 

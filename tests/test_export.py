@@ -30,3 +30,22 @@ def test_export_matches_eager_model(trained_run, tmp_path, fmt) -> None:
     with torch.no_grad():
         direct, _ = model.model.predict((images - mean) / std)
     torch.testing.assert_close(maps, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_export_script_records_the_threshold_policy(trained_run, tmp_path) -> None:
+    """scripts/export.py takes predict.py's threshold flags; the metadata holds the policy and its source."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "m.pt2"
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "export.py"), "--checkpoint",
+                           str(trained_run["checkpoint"]), "--output", str(out), "--threshold", "0.25"],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = json.loads(out.with_name("m.pt2.json").read_text())
+    model = load_checkpoint(trained_run["checkpoint"])
+    assert meta["pixel_threshold"] == 0.25 and meta["image_threshold"] == pytest.approx(model.thresholds[0])
+    assert "explicit" in meta["threshold_source"] and "calibrated" in meta["threshold_source"]
+    assert "bilinear" in meta["resize"] and "64" in meta["resize"]
