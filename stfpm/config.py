@@ -8,8 +8,11 @@ then every flag typed on the command line.
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 import yaml
 
@@ -20,9 +23,16 @@ class ConfigError(STFPMError):
     """A configuration file is missing, malformed or names an unknown option."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error convention: ``error: <one line>`` on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def new_parser(description: str) -> argparse.ArgumentParser:
     """An entry point's parser with the options every script shares: ``--config`` and ``--verbose``."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", help="YAML file of defaults (see configs/); flags override it")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser
@@ -86,6 +96,82 @@ def parse_devices(value: str | int | list[int]) -> str | int | list[int]:
     if isinstance(value, (int, list)):
         return value
     text = str(value).strip()
-    if "," in text:
-        return [int(v) for v in text.split(",") if v.strip()]
-    return int(text) if text.lstrip("-").isdigit() else text
+    try:
+        if "," in text:
+            return [int(v) for v in text.split(",") if v.strip()]
+        return int(text) if text.lstrip("-").isdigit() else text
+    except ValueError:
+        raise ConfigError(f"--devices must be auto, a count (2) or indices (0,1), got {value!r}") from None
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+Check = tuple[Callable[[Any], bool], str]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def integer(minimum: int, maximum: int | None = None) -> Check:
+    """An integer in [minimum, maximum]."""
+    text = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+    return (lambda v: _is_int(v) and v >= minimum and (maximum is None or v <= maximum)), text
+
+
+def number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> Check:
+    """A finite number in an interval; open ends exclude the bound."""
+    def ok(v: Any) -> bool:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            return False
+        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+
+    left, right = "(" if low_open else "[", ")" if high_open or high == math.inf else "]"
+    upper = "inf" if high == math.inf else f"{high:g}"
+    return ok, f"a finite number in {left}{low:g}, {upper}{right}"
+
+
+def finite() -> Check:
+    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)), "a finite number"
+
+
+def sizes(minimum: int) -> Check:
+    """One or two integers (S, or H W), each >= minimum."""
+    def ok(v: Any) -> bool:
+        values = v if isinstance(v, (list, tuple)) else [v]
+        return 1 <= len(values) <= 2 and all(_is_int(x) and x >= minimum for x in values)
+
+    return ok, f"one or two integers (S, or H W), each >= {minimum}"
+
+
+def duration() -> Check:
+    """Lightning's DD:HH:MM:SS."""
+    return (lambda v: isinstance(v, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", v) is not None), "DD:HH:MM:SS"
+
+
+def validate(args: argparse.Namespace, checks: dict[str, Check]) -> None:
+    """Check parsed values (from flags or a YAML file) before any work starts; one-line :class:`ConfigError`."""
+    for dest, (ok, what) in checks.items():
+        value = getattr(args, dest, None)
+        if value is not None and not ok(value):
+            raise ConfigError(f"--{dest.replace('_', '-')} must be {what}, got {value!r}")
+
+
+def writable_folder(path: str | Path, flag: str) -> Path:
+    """A folder we may create or write into; a one-line error when it is a file or not writable."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{flag} {folder} exists and is not a folder")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {folder}: cannot write into {existing}")
+    return folder
+
+
+def existing_file(path: str | Path, flag: str) -> Path:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"{flag} {file} does not exist" if not file.exists() else f"{flag} {file} is not a file")
+    return file

@@ -16,7 +16,9 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from stfpm.config import parse_devices
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+from stfpm.config import existing_file, finite, integer, parse_devices, validate
 from stfpm.errors import STFPMError
 from stfpm.lightning_model import STFPM
 from stfpm.thresholding import ThresholdPolicy
@@ -51,19 +53,20 @@ def threshold_policy(args: argparse.Namespace, model: STFPM) -> ThresholdPolicy:
     return ThresholdPolicy.resolve(model.thresholds, args.image_threshold, args.threshold, args.thresholds_from)
 
 
+ENGINE_CHECKS = {"batch_size": integer(1), "num_workers": integer(0), "num_nodes": integer(1)}
+THRESHOLD_CHECKS = {"threshold": finite(), "image_threshold": finite()}
+
+
 def check_engine_args(args: argparse.Namespace) -> None:
-    """Ranges that Lightning or the DataLoader would otherwise reject with a traceback."""
-    if args.batch_size < 1:
-        raise STFPMError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.num_workers < 0:
-        raise STFPMError(f"--num-workers must be >= 0, got {args.num_workers}")
-    if args.num_nodes < 1:
-        raise STFPMError(f"--num-nodes must be >= 1, got {args.num_nodes}")
+    """Ranges of the engine and threshold flags, checked before any work starts."""
+    validate(args, {**ENGINE_CHECKS, **THRESHOLD_CHECKS})
+    if getattr(args, "thresholds_from", None):
+        existing_file(args.thresholds_from, "--thresholds-from")
 
 
-def inference_trainer(args: argparse.Namespace, callbacks: Sequence[Callback]) -> pl.Trainer:
-    """A Trainer for ``predict`` on the requested devices; a device that does not exist is a one-line error."""
-    check_engine_args(args)
+def build_trainer(args: argparse.Namespace, **kwargs: Any) -> pl.Trainer:
+    """A Trainer on the requested accelerator/devices/strategy/precision (train.py, test.py, predict.py); a
+    device that does not exist, or a setting Lightning refuses, is a one-line error instead of a traceback."""
     try:
         return pl.Trainer(
             accelerator=args.accelerator,
@@ -71,13 +74,20 @@ def inference_trainer(args: argparse.Namespace, callbacks: Sequence[Callback]) -
             strategy=args.strategy,
             num_nodes=args.num_nodes,
             precision=args.precision,
-            logger=False,
-            callbacks=list(callbacks),
-            enable_model_summary=False,
+            **kwargs,
         )
-    except (ValueError, RuntimeError, TypeError) as exc:  # Lightning's MisconfigurationException is a ValueError
+    except (MisconfigurationException, ValueError, RuntimeError, TypeError) as exc:
         reason = " ".join(str(exc).split())
-        raise STFPMError(f"cannot use --accelerator {args.accelerator} --devices {args.devices}: {reason}") from exc
+        raise STFPMError(
+            f"cannot run with --accelerator {args.accelerator} --devices {args.devices} --strategy {args.strategy} "
+            f"--precision {args.precision}: {reason}"
+        ) from exc
+
+
+def inference_trainer(args: argparse.Namespace, callbacks: Sequence[Callback]) -> pl.Trainer:
+    """A Trainer for ``predict`` on the requested devices."""
+    check_engine_args(args)
+    return build_trainer(args, logger=False, callbacks=list(callbacks), enable_model_summary=False)
 
 
 def run_inference(model: STFPM, loader: DataLoader, args: argparse.Namespace, callbacks: Sequence[Callback]) -> pl.Trainer:
@@ -85,8 +95,3 @@ def run_inference(model: STFPM, loader: DataLoader, args: argparse.Namespace, ca
     trainer = inference_trainer(args, callbacks)
     trainer.predict(model, dataloaders=loader, return_predictions=False)
     return trainer
-
-
-def world_info(trainer: pl.Trainer) -> dict[str, Any]:
-    """Rank and size of the process group, for messages."""
-    return {"rank": trainer.global_rank, "world_size": trainer.world_size}

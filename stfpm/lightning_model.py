@@ -69,6 +69,7 @@ class STFPM(pl.LightningModule):
         self._val_levels: list[list[Tensor]] = []  # per batch, the per-level maps at their own resolution
         self._warned_few = False
         self._val_map_mean = math.nan
+        self.validated_step = -1  # the optimizer step whose weights the stored thresholds were calibrated on
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         teacher, student = self.model(batch["image"])
@@ -88,6 +89,7 @@ class STFPM(pl.LightningModule):
         if levels is None or self.trainer.sanity_checking:
             return
         image_thr, pixel_thr = self.calibrate_on(levels, as_hw(self.hparams["image_size"]))
+        self.validated_step = self.global_step
         # val_map_mean: the official code's model-selection criterion (lowest mean validation anomaly map)
         self.log_dict(
             {"image_threshold": image_thr, "pixel_threshold": pixel_thr, "val_map_mean": self._val_map_mean},

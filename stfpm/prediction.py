@@ -33,9 +33,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from stfpm.atomic import atomic_write_bytes, atomic_write_text
 from stfpm.checkpoint import find_latest_checkpoint, load_checkpoint
-from stfpm.config import new_parser, parse_args
+from stfpm.config import integer, new_parser, parse_args, validate, writable_folder
 from stfpm.data import ImageTransform, list_images, load_image
-from stfpm.engine import add_engine_args, add_threshold_args, run_inference, threshold_policy
+from stfpm.engine import add_engine_args, add_threshold_args, check_engine_args, run_inference, threshold_policy
 from stfpm.errors import DataError, ImageReadError, STFPMError
 from stfpm.postprocess import Postprocessor, Prediction
 from stfpm.report import save_image, save_png
@@ -353,9 +353,9 @@ def run_prediction(args: argparse.Namespace) -> tuple[int, int, int]:
     """Predict every image; returns (images with outputs, anomalous among them, skipped)."""
     if not args.input:
         raise STFPMError("pass --input, an image file or a folder of images")
-    if args.min_defect_area < 0:
-        raise STFPMError(f"--min-defect-area must be >= 0, got {args.min_defect_area}")
-    output = Path(args.output).expanduser()
+    validate(args, {"min_defect_area": integer(0)})
+    check_engine_args(args)
+    output = writable_folder(args.output, "--output")
     root, paths = input_images(Path(args.input).expanduser(), output)
     targets = plan_targets(paths, root, output, args.heatmap_format)
     refuse_overwrite(targets, output, args)

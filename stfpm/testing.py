@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from stfpm.checkpoint import find_latest_checkpoint, list_trained_categories, load_checkpoint
-from stfpm.config import new_parser, parse_args
+from stfpm.config import new_parser, number, parse_args, validate, writable_folder
 from stfpm.data import MVTecDataModule
-from stfpm.engine import add_engine_args, add_threshold_args, threshold_policy
+from stfpm.engine import add_engine_args, add_threshold_args, check_engine_args, threshold_policy
 from stfpm.errors import CheckpointError
 from stfpm.evaluation import TestPredictions, compute_metrics, predict_test_split, undefined_metrics_note
 from stfpm.report import write_category_results, write_summary
@@ -97,6 +97,10 @@ def _save_visuals(pred: TestPredictions, results: dict[str, Any], out_dir: Path,
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
+    validate(args, {"fpr_limit": number(0, 1, low_open=True)})
+    check_engine_args(args)
+    if args.output_dir:
+        writable_folder(args.output_dir, "--output-dir")
     output_dir = Path(args.output_dir) if args.output_dir else None
     if args.checkpoint:
         evaluate_checkpoint(args, Path(args.checkpoint).expanduser(), args.category, output_dir)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
+import signal
+import threading
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -19,10 +22,11 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from stfpm.backbones import PRESETS
 from stfpm.checkpoint import read_checkpoint, require_ours
-from stfpm.config import grouped, new_parser, parse_args, parse_devices
+from stfpm.config import duration, grouped, integer, new_parser, number, parse_args, sizes, validate, writable_folder
 from stfpm.anomaly_map import FUSIONS
 from stfpm.data import MVTecDataModule, list_categories, resolve_category_dir, scan_train
 from stfpm.data.io import as_hw, aspect_preserving_size, median_aspect, size_record
+from stfpm.engine import ENGINE_CHECKS, build_trainer
 from stfpm.errors import DataError
 from stfpm.lightning_model import STFPM
 from stfpm.thresholding import CALIBRATIONS
@@ -91,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     trainer = parser.add_argument_group("trainer")
     trainer.add_argument("--epochs", type=int, default=100)
     trainer.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (-1: no limit)")
+    trainer.add_argument("--max-time", help="stop after this much training time, DD:HH:MM:SS (e.g. 00:08:00:00)")
     trainer.add_argument("--seed", type=int, default=0)
     trainer.add_argument("--output-dir", default="runs", help="runs go to OUTPUT_DIR/<category>/version_N/")
     trainer.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ...")
@@ -160,8 +165,11 @@ def _resumed_model(path: Path, args: argparse.Namespace) -> STFPM:
                 "resuming %s: --%s %s ignored, the checkpoint's %s is used",
                 path, option.replace("_", "-"), getattr(args, option), hparams.get(option),
             )
+    recorded_weights = hparams.get("teacher_weights")
     hparams.update(teacher_weights=None, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    return STFPM(**hparams)
+    model = STFPM(**hparams)  # the teacher's weights come from the checkpoint: nothing is downloaded
+    model.hparams["teacher_weights"] = recorded_weights
+    return model
 
 
 def _run_version(resume: Path | None) -> int | None:
@@ -171,6 +179,44 @@ def _run_version(resume: Path | None) -> int | None:
         if match:
             return int(match.group(1))
     return None
+
+
+@contextlib.contextmanager
+def _first_interrupt_stops(trainer: pl.Trainer) -> Iterator[None]:
+    """A first Ctrl-C ends training after the current step (then thresholds are calibrated and a checkpoint
+    saved, as at any other stop); a second one aborts at once. Single process only: under DDP, every process
+    would have to agree on the step, so Ctrl-C keeps Lightning's immediate shutdown there."""
+    if trainer.world_size > 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = False
+    owner = os.getpid()  # data-loading workers forked from here inherit the handler: they ignore the signal
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal pressed
+        if os.getpid() != owner:
+            return
+        if pressed:
+            raise KeyboardInterrupt
+        pressed = True
+        log.warning("Ctrl-C: training stops after this step, then calibrates and saves (Ctrl-C again to abort now)")
+        trainer.should_stop = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _finish_inside_epoch(trainer: pl.Trainer, model: STFPM, datamodule: MVTecDataModule, last: Path) -> None:
+    """When training stopped inside an epoch (--max-steps, --max-time, Ctrl-C), no validation ran on the final
+    weights: run one, so that last.ckpt holds them with thresholds that match them."""
+    if trainer.global_step == 0 or model.validated_step == trainer.global_step:
+        return
+    log.info("training stopped inside an epoch (step %d): calibrating thresholds on the final weights", trainer.global_step)
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    trainer.save_checkpoint(last)
 
 
 def train_category(args: argparse.Namespace, category: str, config: dict) -> Path:
@@ -212,14 +258,11 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
     )
     if not has_val:
         log.warning("--val-fraction 0: no validation images, so no best-model selection and no thresholds")
-    trainer = pl.Trainer(
+    trainer = build_trainer(
+        args,
         max_epochs=args.epochs,
         max_steps=args.max_steps,
-        accelerator=args.accelerator,
-        devices=parse_devices(args.devices),
-        precision=args.precision,
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
+        max_time=args.max_time,
         logger=[csv_logger, tb_logger],
         callbacks=[checkpoint],
         log_every_n_steps=args.log_every_n_steps,
@@ -230,8 +273,12 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
         csv_logger.experiment  # create the run folder through the logger first, so it starts out empty
         (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "category": category}, sort_keys=False))
     log.info("training %s -> %s", category, run_dir)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else Path(checkpoint.last_model_path)
+    with _first_interrupt_stops(trainer):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if has_val:
+        _finish_inside_epoch(trainer, model, datamodule, last)
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
     if not trainer.is_global_zero:
         return best
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
@@ -247,17 +294,44 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
     return best
 
 
+TRAIN_CHECKS = {
+    **ENGINE_CHECKS,
+    "image_size": sizes(32),
+    "tile_size": sizes(32),
+    "tile_overlap": number(0, 1, high_open=True),
+    "val_fraction": number(0, 1, high_open=True),
+    "image_threshold_quantile": number(0, 1, low_open=True),
+    "pixel_threshold_quantile": number(0, 1, low_open=True),
+    "map_sigma": number(0),
+    "hard_fraction": number(0, 1, low_open=True),
+    "lr": number(0, low_open=True),
+    "momentum": number(0, 1, high_open=True),
+    "weight_decay": number(0),
+    "epochs": integer(1),
+    "max_steps": (lambda v: isinstance(v, int) and (v == -1 or v >= 1), "-1 (no limit) or an integer >= 1"),
+    "max_time": duration(),
+    "seed": integer(0, 2**32 - 1),
+    "log_every_n_steps": integer(1),
+}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every value, from flags or a YAML file, before any work starts."""
+    validate(args, TRAIN_CHECKS)
+    writable_folder(args.output_dir, "--output-dir")
+    weights = args.teacher_weights
+    if weights not in (None, "imagenet", "random") and not Path(weights).expanduser().is_file():
+        raise DataError(f"--teacher-weights {weights} does not exist (pass imagenet, random or a torchvision state_dict file)")
+    if args.resume and not Path(args.resume).expanduser().is_file():
+        raise DataError(f"--resume {args.resume} does not exist (pass a run's checkpoints/last.ckpt)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     if not args.category:
         parser.error("--category is required (a folder name under --data-root, or `all`)")
-    if not (args.map_sigma >= 0):
-        parser.error(f"--map-sigma must be >= 0, got {args.map_sigma}")
-    if not (0 < args.hard_fraction <= 1):
-        parser.error(f"--hard-fraction must be in (0, 1], got {args.hard_fraction}")
-    if not (0 <= args.tile_overlap < 1):
-        parser.error(f"--tile-overlap must be in [0, 1), got {args.tile_overlap}")
+    check_args(args)
     config = {k: v for section in grouped(parser, args).values() for k, v in section.items()}
     categories = list_categories(args.data_root) if args.category == "all" else [args.category]
     if not categories:

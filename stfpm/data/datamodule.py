@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, as_hw
 from stfpm.data.mvtec import (
@@ -37,6 +37,27 @@ def _check_positive(name: str, value: Any, minimum: int = 1) -> None:
     """Config values arrive from YAML/CLI, so reject bad ones with a readable one-line error."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise DataError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+class EpochRandomSampler(RandomSampler):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order as an unbroken one.
+
+    Lightning calls :meth:`set_epoch` before every epoch (as it does for a ``DistributedSampler``, which it puts
+    in place of any ``RandomSampler`` under DDP). A plain shuffled DataLoader instead draws each epoch from one
+    generator created at start-up, so after ``--resume`` epoch N would repeat epoch 1's order.
+    """
+
+    def __init__(self, data_source: Dataset, seed: int) -> None:
+        super().__init__(data_source)  # type: ignore[arg-type]
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
 
 
 class MVTecDataModule(pl.LightningDataModule):
@@ -141,12 +162,10 @@ class MVTecDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------------------------ loaders
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=EpochRandomSampler(dataset, self.seed) if shuffle else None,
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -154,7 +173,7 @@ class MVTecDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled with a seeded generator: reproducible order, yet different every epoch."""
+        """Shuffled by (seed, epoch): reproducible, different every epoch, and the same after ``--resume``."""
         self._setup_fit()
         assert self.train_dataset is not None
         return self._loader(self.train_dataset, self.batch_size, shuffle=True)

@@ -1,0 +1,149 @@
+"""Resuming equals an uninterrupted run, bit for bit, on the CPU; and the same seed gives the same run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from conftest import TRAIN_ARGS
+from stfpm.testing import main as evaluate
+from stfpm.training import main as train
+
+REPO = Path(__file__).resolve().parents[1]
+
+# train.py with every training step slowed down, so that a kill lands inside an epoch
+SLOW_TRAIN = """
+import sys, time
+from stfpm.lightning_model import STFPM
+step = STFPM.training_step
+STFPM.training_step = lambda self, *a, **k: (time.sleep(0.4), step(self, *a, **k))[1]
+from stfpm.training import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _args(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
+    return ["--category", "tiny", "--data-root", str(data), "--output-dir", str(out), *TRAIN_ARGS,
+            "--epochs", str(epochs), "--seed", "3", *extra]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _assert_same_run(a: Path, b: Path, tmp_path: Path) -> None:
+    """Same weights, thresholds and optimizer state in last.ckpt, and the same results.json of test.py."""
+    wa, wb = _weights(a / "checkpoints" / "last.ckpt"), _weights(b / "checkpoints" / "last.ckpt")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+    results = []
+    for run, name in ((a, "ra"), (b, "rb")):
+        assert evaluate(["--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--output-dir", str(tmp_path / name),
+                         "--num-workers", "0", "--accelerator", "cpu"]) == 0
+        figures = json.loads((tmp_path / name / "results.json").read_text())
+        results.append({k: v for k, v in figures.items() if k not in ("checkpoint",)})
+    assert results[0] == results[1]
+
+
+def test_resume_equals_uninterrupted(tiny_data, tmp_path) -> None:
+    assert train(_args(tiny_data, tmp_path / "whole", 3)) == 0
+    assert train(_args(tiny_data, tmp_path / "parts", 2)) == 0
+    run = tmp_path / "parts" / "tiny" / "version_0"
+    assert train(_args(tiny_data, tmp_path / "parts", 3, "--resume", str(run / "checkpoints" / "last.ckpt"))) == 0
+    _assert_same_run(tmp_path / "whole" / "tiny" / "version_0", run, tmp_path)
+
+
+def test_same_seed_same_run(tiny_data, tmp_path) -> None:
+    assert train(_args(tiny_data, tmp_path / "a", 2)) == 0
+    assert train(_args(tiny_data, tmp_path / "b", 2)) == 0
+    _assert_same_run(tmp_path / "a" / "tiny" / "version_0", tmp_path / "b" / "tiny" / "version_0", tmp_path)
+
+
+def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tiny_data, tmp_path) -> None:
+    """Kill training while its third epoch runs; resume from last.ckpt; same result as never stopping."""
+    assert train(_args(tiny_data, tmp_path / "whole", 4)) == 0
+    out = tmp_path / "killed"
+    last = out / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, *_args(tiny_data, out, 4)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if last.is_file() and torch.load(last, map_location="cpu", weights_only=True)["epoch"] >= 1:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("training never reached its second epoch's checkpoint")
+        time.sleep(0.7)  # inside the next epoch
+        assert proc.poll() is None, "training ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert train(_args(tiny_data, out, 4, "--resume", str(last))) == 0
+    _assert_same_run(tmp_path / "whole" / "tiny" / "version_0", out / "tiny" / "version_0", tmp_path)
+
+
+def _thresholds_match_final_weights(last: Path) -> None:
+    """last.ckpt has finite thresholds, calibrated on its own weights (validation recomputed here)."""
+    import math
+
+    from stfpm.checkpoint import load_checkpoint
+
+    model = load_checkpoint(last)
+    assert all(math.isfinite(t) for t in model.thresholds)
+    stored = model.thresholds
+    levels = []
+    from stfpm.data import MVTecDataModule
+
+    hp = model.hparams
+    dm = MVTecDataModule(model.run_info["data_root"], "tiny", image_size=hp["image_size"], batch_size=4, seed=3)
+    dm.setup("fit")
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            levels.append(model.model.layer_maps(batch["image"]))
+    merged = [torch.cat(level) for level in zip(*levels)]
+    from stfpm.data.io import as_hw
+
+    assert model.calibrate_on(merged, as_hw(hp["image_size"])) == stored
+
+
+def test_max_steps_inside_an_epoch_leaves_thresholds(tiny_data, tmp_path) -> None:
+    # 8 training images, batch 4: step 3 ends inside the second epoch, where no validation runs
+    assert train(_args(tiny_data, tmp_path, 5, "--max-steps", "3")) == 0
+    last = tmp_path / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
+    _thresholds_match_final_weights(last)
+
+
+def test_ctrl_c_stops_after_the_step_and_saves_a_usable_checkpoint(tiny_data, tmp_path) -> None:
+    out = tmp_path / "runs"
+    last = out / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_TRAIN, *_args(tiny_data, out, 50)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while not last.is_file() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.6)  # inside the next epoch
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    assert "Ctrl-C" in output and "Traceback" not in output
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["epoch"] < 49
+    _thresholds_match_final_weights(last)
+    # and --resume continues from it
+    assert train(_args(tiny_data, out, int(saved["epoch"]) + 2, "--resume", str(last))) == 0
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == int(saved["epoch"]) + 1
