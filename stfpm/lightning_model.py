@@ -81,7 +81,9 @@ class STFPM(pl.LightningModule):
         images = batch["image"]
         teacher, student = self.model(images)
         self.log("val_loss", stfpm_loss(teacher, student), prog_bar=True, batch_size=len(images), sync_dist=True)
-        self._val_levels.append([m.float() for m in layer_anomaly_maps(teacher, student)])
+        levels = [m.float() for m in layer_anomaly_maps(teacher, student)]
+        index = batch.get("index")
+        self._val_levels.append((levels, index if index is not None else torch.full((len(images),), -1)))
 
     def on_validation_epoch_end(self) -> None:
         levels = self._collect_validation()
@@ -126,12 +128,24 @@ class STFPM(pl.LightningModule):
         return image_thr, pixel_thr
 
     def _collect_validation(self) -> list[Tensor] | None:
-        """This epoch's per-level validation maps [N,1,h,w], gathered from every process under DDP."""
+        """This epoch's per-level validation maps [N,1,h,w], gathered from every process under DDP.
+
+        A distributed sampler pads the validation set with repeated images so that every process gets as many;
+        each image enters the thresholds once (by its dataset index, the first copy kept).
+        """
         if not self._val_levels:
             return None
-        levels = [torch.cat(level) for level in zip(*self._val_levels)]
+        levels = [torch.cat(level) for level in zip(*(lv for lv, _ in self._val_levels))]
+        index = torch.cat([torch.as_tensor(i, device=levels[0].device) for _, i in self._val_levels])
         if self.trainer.world_size > 1:
             levels = [self.all_gather(level).reshape(-1, *level.shape[1:]) for level in levels]
+            index = self.all_gather(index).reshape(-1)
+            rows = self.model.anomaly_map.rows_per_image
+            keep = _first_occurrences(index)
+            if rows > 1:  # with tiling, each image owns `rows` consecutive rows of the level maps
+                keep = (keep[:, None] * rows + torch.arange(rows, device=keep.device)).reshape(-1)
+            if len(keep) * rows < len(levels[0]):
+                levels = [level[keep] for level in levels]
         return levels
 
     def prepare_for_inference(self) -> None:
@@ -180,3 +194,14 @@ class STFPM(pl.LightningModule):
     def thresholds(self) -> tuple[float, float]:
         """(image threshold, pixel threshold); NaN when the model was trained without validation images."""
         return float(self.image_threshold), float(self.pixel_threshold)
+
+
+def _first_occurrences(index: Tensor) -> Tensor:
+    """Positions of the first copy of every distinct value of ``index`` (all positions when it holds -1s)."""
+    if (index < 0).any():
+        return torch.arange(len(index), device=index.device)
+    order = torch.argsort(index, stable=True)
+    sorted_index = index[order]
+    first = torch.ones_like(sorted_index, dtype=torch.bool)
+    first[1:] = sorted_index[1:] != sorted_index[:-1]
+    return torch.sort(order[first]).values

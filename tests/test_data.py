@@ -374,12 +374,17 @@ def test_datamodule_fit_never_reads_test(data_root: Path, monkeypatch: pytest.Mo
 
 
 def test_datamodule_train_order_seeded(data_root: Path) -> None:
-    def first_epoch(seed: int) -> list[str]:
+    def epoch_order(seed: int, epoch: int) -> list[str]:
         dm = MVTecDataModule(data_root, "bottle", image_size=S, batch_size=2, seed=seed)
         dm.setup("fit")
-        return [p for b in dm.train_dataloader() for p in b["path"]]
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)  # what Lightning does before every epoch
+        return [p for b in loader for p in b["path"]]
 
-    assert first_epoch(5) == first_epoch(5)
+    assert epoch_order(5, 0) == epoch_order(5, 0)  # reproducible, also for a fresh process (resume)
+    assert epoch_order(5, 3) == epoch_order(5, 3)
+    orders = {tuple(epoch_order(5, e)) for e in range(4)}
+    assert len(orders) == 4  # a new order every epoch
 
 
 def test_datamodule_no_validation(data_root: Path) -> None:

@@ -82,7 +82,9 @@ def test_thresholds_come_from_validation_normals_only(data_copy, tmp_path) -> No
     _assert_thresholds_match_validation_images(checkpoint, data_copy)
 
 
-def _assert_thresholds_match_validation_images(checkpoint, data_root) -> None:
+def _assert_thresholds_match_validation_images(
+    checkpoint, data_root, image_q: float = 0.99, pixel_q: float = 0.999, n_val: int = 2
+) -> None:
     """The stored thresholds are the quantiles of the maps of ALL held-out validation images."""
     model = load_checkpoint(checkpoint)
     datamodule = MVTecDataModule(data_root, "tiny", image_size=64, num_workers=0)
@@ -90,9 +92,18 @@ def _assert_thresholds_match_validation_images(checkpoint, data_root) -> None:
     predictor = Predictor(model, device="cpu")
     batch = torch.stack([predictor.transform(load_image(p)) for p in datamodule.val_paths])
     maps, scores = predictor.anomaly_maps(batch)
-    assert len(scores) == 2  # 20% of 10 training images
-    assert model.thresholds[0] == pytest.approx(np.quantile(scores.numpy(), 0.99), rel=1e-5)
-    assert model.thresholds[1] == pytest.approx(np.quantile(maps.numpy(), 0.999), rel=1e-5)
+    assert len(scores) == n_val  # 20% of the training images
+    assert model.thresholds[0] == pytest.approx(np.quantile(scores.numpy(), image_q), rel=1e-5)
+    assert model.thresholds[1] == pytest.approx(np.quantile(maps.numpy(), pixel_q), rel=1e-5)
+
+
+def test_thresholds_use_every_validation_batch_and_the_quantile_flags(tiny_data, tmp_path) -> None:
+    """Batch size 1: the two validation images arrive in two batches, and both must enter the quantiles."""
+    assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS,
+                       "--batch-size", "1", "--epochs", "1", "--image-threshold-quantile", "0.5",
+                       "--pixel-threshold-quantile", "0.9"]) == 0
+    checkpoint = tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+    _assert_thresholds_match_validation_images(checkpoint, tiny_data, image_q=0.5, pixel_q=0.9)
 
 
 def test_yaml_config_is_overridden_by_flags(tiny_data, tmp_path) -> None:
@@ -147,20 +158,32 @@ def test_val_fraction_zero_trains_without_thresholds(tiny_data, tmp_path) -> Non
     assert all(math.isnan(t) for t in model.thresholds)
 
 
-def test_ddp_on_two_cpu_processes_gathers_validation_for_thresholds(tiny_data, tmp_path) -> None:
-    """The multi-process path: DDP across two CPU processes writes one run with finite thresholds."""
+def test_ddp_on_two_cpu_processes_gathers_validation_for_thresholds(data_copy, tmp_path) -> None:
+    """The multi-process path: DDP across two CPU processes writes one run whose thresholds are the quantiles of
+    every validation image, each counted once: 15 training images leave 3 for validation, which the distributed
+    sampler pads to 2 + 2 with a repeat that must not enter the quantiles.
+
+    Its weights differ from a one-process run by design, not by accident: each process takes --batch-size images
+    per step (twice the images per optimizer step) in the distributed sampler's order, so the figures are not
+    compared with one process here; test.py on several processes is (tests/test_engine.py).
+    """
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
 
+    good = data_copy / "tiny" / "train" / "good"
+    for i, path in enumerate(sorted(good.glob("*.png"))[:5]):
+        shutil.copy(path, good / f"extra_{i}.png")
     repo = Path(__file__).resolve().parents[1]
-    argv = [sys.executable, str(repo / "train.py"), "--category", "tiny", "--data-root", str(tiny_data),
+    argv = [sys.executable, str(repo / "train.py"), "--category", "tiny", "--data-root", str(data_copy),
             "--output-dir", str(tmp_path), *TRAIN_ARGS, "--epochs", "1", "--devices", "2", "--strategy", "ddp"]
     done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [p.name for p in (tmp_path / "tiny").iterdir()] == ["version_0"]
-    # each process validates one of the two images: equal quantiles prove the maps were gathered
-    _assert_thresholds_match_validation_images(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt", tiny_data)
+    _assert_thresholds_match_validation_images(
+        tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt", data_copy, n_val=3
+    )
     assert done.stdout.count("best.ckpt") == 1  # one report, from rank 0
 
 

@@ -267,7 +267,8 @@ def split_train_val(
 
 
 class ImageFolderDataset(Dataset):
-    """Plain list of image files -> ``{"image": tensor[3, H, W], "path": str}`` (training / validation)."""
+    """Plain list of image files -> ``{"image": tensor[3, H, W], "path": str, "index": int}`` (training /
+    validation); the index lets validation drop the repeats that a distributed sampler pads with."""
 
     def __init__(self, paths: Sequence[str | Path], transform: Callable[[Image.Image], torch.Tensor]) -> None:
         self.paths = [Path(p) for p in paths]
@@ -278,7 +279,7 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
-        return {"image": self.transform(load_image(path)), "path": str(path)}
+        return {"image": self.transform(load_image(path)), "path": str(path), "index": index}
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:
