@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 import zipfile
@@ -9,11 +10,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
+
+from stfpm.atomic import atomic_write_bytes
 
 from stfpm.errors import CheckpointError, STFPMError
 from stfpm.lightning_model import CHECKPOINT_KEY, STFPM
 
 CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic on every file system: the bytes go to a temporary file in the
+    checkpoint's own folder, then replace the old file in one rename. (Lightning's own writer stages the file in
+    the system's temporary folder and moves it, which is a copy, not a rename, when that folder is on another
+    disk: a crash during the copy would leave a truncated checkpoint as the only copy.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

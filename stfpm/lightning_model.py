@@ -14,7 +14,7 @@ from stfpm import __version__
 from stfpm.anomaly_map import layer_anomaly_maps
 from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, as_hw, size_record
 from stfpm.loss import stfpm_loss
-from stfpm.thresholding import CALIBRATIONS, calibrate
+from stfpm.thresholding import CALIBRATIONS, calibrate, few_images_warning
 from stfpm.torch_model import STFPMModel
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class STFPM(pl.LightningModule):
         self.register_buffer("pixel_threshold", torch.tensor(math.nan))
         self.run_info: dict[str, str] = {}  # category and data root, recorded in checkpoints
         self._val_levels: list[list[Tensor]] = []  # per batch, the per-level maps at their own resolution
-        self._warned_few = False
+        self.warned_few = False  # the few-validation-images warning was given
         self._val_map_mean = math.nan
         self.validated_step = -1  # the optimizer step whose weights the stored thresholds were calibrated on
 
@@ -113,13 +113,10 @@ class STFPM(pl.LightningModule):
         maps = torch.cat([m[:, 0] for m, _ in outputs]).cpu()
         self._val_map_mean = float(maps.double().mean())
         quantile, method = self.hparams["image_threshold_quantile"], self.hparams.get("calibration", "empirical")
-        if method == "empirical" and 0 < quantile < 1 and len(scores) < 1 / (1 - quantile) and not self._warned_few:
-            self._warned_few = True
-            log.warning(
-                "only %d validation images: their %.3g quantile is about their maximum, which roughly 1 good part "
-                "in %d will exceed (not %.2g%%); add training images, raise --val-fraction or use --calibration gumbel",
-                len(scores), quantile, len(scores) + 1, 100 * (1 - quantile),
-            )
+        warning = few_images_warning(len(scores), quantile, method)
+        if warning and not self.warned_few:
+            self.warned_few = True
+            log.warning("%s", warning)
         image_thr, pixel_thr = calibrate(
             scores, maps, quantile, self.hparams["pixel_threshold_quantile"], method
         )

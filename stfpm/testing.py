@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", help="where results go (default: next to the checkpoint, in its run folder)")
     parser.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integrates up to this false positive rate")
     parser.add_argument("--save-images", action="store_true", help="also write per-image panels, ROC and histogram")
+    parser.add_argument(
+        "--strict", action="store_true", help="stop on any data problem instead of leaving unusable files out"
+    )
     add_threshold_args(parser)
     add_engine_args(parser, batch_size=32)
     return parser
@@ -52,6 +55,8 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, category: st
         num_workers=args.num_workers, mean=hp["mean"], std=hp["std"],
     )
     policy = threshold_policy(args, model)
+    out_dir = out_dir or _run_dir(checkpoint)
+    report = datamodule.preflight("test", strict=args.strict, report_path=out_dir / "data_problems_test.json")
     pred, reporter = predict_test_split(model, datamodule, args)
     if not reporter:  # under several processes, the first one reports
         return {}
@@ -69,8 +74,9 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, category: st
         "teacher_weights": hp.get("teacher_weights"),
         "image_size": hp["image_size"],
     }
-    out_dir = out_dir or _run_dir(checkpoint)
     table = write_category_results(results, out_dir)
+    if report.problems:
+        report.save(out_dir / "data_problems_test.json")
     print(f"\n{category} ({pred.maps.shape[0]} test images, checkpoint {checkpoint})\n{table}")
     note = undefined_metrics_note(results)
     if note:

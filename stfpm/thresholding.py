@@ -63,6 +63,17 @@ def gumbel_threshold(values: Tensor | np.ndarray, quantile: float) -> float:
     return max(fitted, empirical)
 
 
+def few_images_warning(n: int, quantile: float, method: str) -> str | None:
+    """Why ``n`` validation images cannot keep the promise of the ``quantile`` (None when they can)."""
+    if method != "empirical" or not 0 < quantile < 1 or n >= 1 / (1 - quantile):
+        return None
+    return (
+        f"only {n} validation images: their {quantile:.3g} quantile is about their maximum, which roughly 1 good part "
+        f"in {n + 1} will exceed (not {100 * (1 - quantile):.2g}%); add training images, raise --val-fraction or use "
+        "--calibration gumbel"
+    )
+
+
 def calibrate(
     image_scores: Tensor,
     anomaly_maps: Tensor,

@@ -21,7 +21,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from stfpm.backbones import PRESETS
-from stfpm.checkpoint import read_checkpoint, require_ours
+from stfpm.checkpoint import AtomicCheckpointIO, read_checkpoint, require_ours
 from stfpm.config import duration, grouped, integer, new_parser, number, parse_args, sizes, validate, writable_folder
 from stfpm.anomaly_map import FUSIONS
 from stfpm.data import MVTecDataModule, list_categories, resolve_category_dir, scan_train
@@ -29,7 +29,7 @@ from stfpm.data.io import as_hw, aspect_preserving_size, median_aspect, size_rec
 from stfpm.engine import ENGINE_CHECKS, build_trainer
 from stfpm.errors import DataError
 from stfpm.lightning_model import STFPM
-from stfpm.thresholding import CALIBRATIONS
+from stfpm.thresholding import CALIBRATIONS, few_images_warning
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--batch-size", type=int, default=32)
     data.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="data loading processes")
     data.add_argument("--val-fraction", type=float, default=0.2, help="share of train/good held out for validation")
+    data.add_argument(
+        "--strict", action="store_true", help="stop on any unreadable image instead of leaving it out with a warning"
+    )
     data.add_argument(
         "--checkpoint-metric", default="val_loss", choices=list(CHECKPOINT_METRICS),
         help="best.ckpt has the lowest: val_loss (ours) or val_map_mean (mean validation anomaly map, the official code's)",
@@ -97,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (-1: no limit)")
     trainer.add_argument("--max-time", help="stop after this much training time, DD:HH:MM:SS (e.g. 00:08:00:00)")
     trainer.add_argument("--seed", type=int, default=0)
+    trainer.add_argument(
+        "--deterministic", action="store_true",
+        help="deterministic algorithms on GPU (slower; CPU runs are reproducible without it)",
+    )
     trainer.add_argument("--output-dir", default="runs", help="runs go to OUTPUT_DIR/<category>/version_N/")
     trainer.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ...")
     trainer.add_argument("--devices", default="auto", help="auto, a count (2) or indices (0,1)")
@@ -243,10 +250,16 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
         mean=model.hparams["mean"],
         std=model.hparams["std"],
     )
-    datamodule.setup("fit")  # fail early, with one line, on a missing root or unknown category
-
     csv_logger = CSVLogger(args.output_dir, name=category, version=_run_version(resume))
     run_dir = Path(csv_logger.log_dir)
+    # every training image checked once before anything starts; the full list is saved in the run folder
+    preflight = datamodule.preflight("fit", strict=args.strict, report_path=run_dir / "data_problems_train.json")
+    quantile, calibration = model.hparams["image_threshold_quantile"], model.hparams.get("calibration", "empirical")
+    warning = few_images_warning(preflight.counts.get("validation", 0), quantile, calibration)
+    if warning and args.val_fraction > 0:
+        log.warning("%s", warning)
+        model.warned_few = True
+    datamodule.setup("fit")
     tb_logger = TensorBoardLogger(args.output_dir, name=category, version=csv_logger.version, default_hp_metric=False)
     has_val = args.val_fraction > 0
     checkpoint = ModelCheckpoint(
@@ -263,6 +276,8 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
         max_epochs=args.epochs,
         max_steps=args.max_steps,
         max_time=args.max_time,
+        deterministic=True if args.deterministic else None,
+        plugins=[AtomicCheckpointIO()],
         logger=[csv_logger, tb_logger],
         callbacks=[checkpoint],
         log_every_n_steps=args.log_every_n_steps,
@@ -272,6 +287,8 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
     if trainer.is_global_zero:
         csv_logger.experiment  # create the run folder through the logger first, so it starts out empty
         (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "category": category}, sort_keys=False))
+        if preflight.problems:
+            preflight.save(run_dir / "data_problems_train.json")
     log.info("training %s -> %s", category, run_dir)
     with _first_interrupt_stops(trainer):
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)

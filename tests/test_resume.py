@@ -147,3 +147,39 @@ def test_ctrl_c_stops_after_the_step_and_saves_a_usable_checkpoint(tiny_data, tm
     # and --resume continues from it
     assert train(_args(tiny_data, out, int(saved["epoch"]) + 2, "--resume", str(last))) == 0
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == int(saved["epoch"]) + 1
+
+
+def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch) -> None:
+    """A crash while writing leaves the previous checkpoint intact and no partial file behind."""
+    import stfpm.atomic
+    from stfpm.checkpoint import AtomicCheckpointIO
+
+    path = tmp_path / "last.ckpt"
+    io_plugin = AtomicCheckpointIO()
+    io_plugin.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(stfpm.atomic.os, "replace", crash)
+    try:
+        io_plugin.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    except OSError:
+        pass
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    monkeypatch.undo()
+    io_plugin.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    assert torch.load(path, weights_only=True)["epoch"] == 2
+
+
+def test_training_writes_checkpoints_through_the_atomic_writer(tiny_data, tmp_path, monkeypatch) -> None:
+    from stfpm.checkpoint import AtomicCheckpointIO
+
+    written = []
+    original = AtomicCheckpointIO.save_checkpoint
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint",
+                        lambda self, checkpoint, path, storage_options=None: (written.append(Path(path).name),
+                                                                              original(self, checkpoint, path))[1])
+    assert train(_args(tiny_data, tmp_path, 1)) == 0
+    assert {"best.ckpt", "last.ckpt"} <= set(written)

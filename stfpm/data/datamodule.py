@@ -22,9 +22,11 @@ from stfpm.data.mvtec import (
     TestSample,
     resolve_category_dir,
     scan_test,
+    scan_test_split,
     scan_train,
     split_train_val,
 )
+from stfpm.data.preflight import PreflightReport, check_test, check_train
 from stfpm.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -101,6 +103,7 @@ class MVTecDataModule(pl.LightningDataModule):
         self.train_dataset: ImageFolderDataset | None = None
         self.val_dataset: ImageFolderDataset | None = None
         self.test_dataset: TestDataset | None = None
+        self._checked_test = False
 
     # ------------------------------------------------------------------------------------ lazy index
 
@@ -134,6 +137,25 @@ class MVTecDataModule(pl.LightningDataModule):
             scan_test(self.category_dir, require_test=True)  # raises the precise "no test" error
         return self._test_samples
 
+    # ------------------------------------------------------------------------------------ pre-flight
+
+    def preflight(self, stage: str, strict: bool = False, report_path: Path | None = None) -> PreflightReport:
+        """Check every file of the stage's split once, before any loader starts, and leave out what cannot be
+        used (``strict``: fail instead). ``fit`` looks at ``train/good`` only (the test split stays unread);
+        ``test`` at the test images and their masks. ``report_path`` is where the caller saves the full list
+        (:meth:`PreflightReport.save`) when there is a problem; the summary names it."""
+        if stage in _FIT_STAGES:
+            self._train_images, report = check_train(scan_train(self.category_dir))
+            if self.val_fraction > 0:
+                train, val = split_train_val(self._train_images, self.val_fraction, self.seed)
+                report.counts.update({"training": len(train), "validation": len(val)})
+        else:
+            samples, orphans = scan_test_split(self.category_dir, require_test=True)
+            self._test_samples, report = check_test(samples, orphans)
+            self._checked_test = True
+        report.enforce(strict, report_path)
+        return report
+
     # ------------------------------------------------------------------------------------ setup
 
     def setup(self, stage: str | None = None) -> None:
@@ -157,7 +179,9 @@ class MVTecDataModule(pl.LightningDataModule):
 
     def _setup_test(self) -> None:
         if self.test_dataset is None:
-            self.test_dataset = TestDataset(self.test_samples, self.transform, self.image_size)
+            self.test_dataset = TestDataset(
+                self.test_samples, self.transform, self.image_size, warn_mask_sizes=not self._checked_test
+            )
 
     # ------------------------------------------------------------------------------------ loaders
 

@@ -175,34 +175,21 @@ def _scan_defect_dir(
     return samples, unmasked
 
 
-def _warn_unmatched(unmasked: list[str], masks: dict[str, dict[str, Path]], used: set[Path], gt_dir: Path) -> None:
-    """One warning per kind of mismatch, however many files are involved, so logs stay readable."""
-    if unmasked:
-        logger.warning(
-            "%d defective test images have no mask (pixel metrics skip them): %s", len(unmasked), _examples(unmasked)
-        )
-    orphans = [
-        f"{defect}/{mask.relative_to(gt_dir / defect).as_posix()}"
-        for defect, by_key in masks.items()
-        for mask in by_key.values()
-        if mask not in used
-    ]
-    if orphans:
-        logger.warning("%d masks in ground_truth have no test image; ignored: %s", len(orphans), _examples(orphans))
+def _orphan_masks(masks: dict[str, dict[str, Path]], used: set[Path]) -> list[Path]:
+    """Masks in ground_truth that no test image claimed."""
+    return [mask for by_key in masks.values() for mask in by_key.values() if mask not in used]
 
 
-def scan_test(category_dir: str | Path, require_test: bool = False) -> list[TestSample]:
-    """Index ``test/<defect>/*`` and match masks from ``ground_truth/<defect>/``.
-
-    Every subfolder of ``test/`` is a defect type (``good`` -> label 0). Without ``test/`` the result is
-    empty, or a :class:`DataError` when ``require_test`` (evaluation cannot run without test images).
-    """
+def scan_test_split(category_dir: str | Path, require_test: bool = False) -> tuple[list[TestSample], list[Path]]:
+    """Index ``test/<defect>/*`` and match masks from ``ground_truth/<defect>/``; also return the masks that
+    match no test image. Every subfolder of ``test/`` is a defect type (``good`` -> label 0). Without ``test/``
+    the result is empty, or a :class:`DataError` when ``require_test`` (evaluation needs test images)."""
     category_dir = Path(category_dir)
     test_dir = category_dir / "test"
     if not test_dir.is_dir():
         if require_test:
             raise DataError(f"{category_dir} has no test/ folder")
-        return []
+        return [], []
     defect_dirs = sorted(p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose = list_images(test_dir, recursive=False)
     if loose:
@@ -210,18 +197,30 @@ def scan_test(category_dir: str | Path, require_test: bool = False) -> list[Test
             "%d images directly in %s are ignored (put them in test/good or test/<defect>): %s",
             len(loose), test_dir, _examples([p.name for p in loose]),
         )
-    gt_dir = category_dir / "ground_truth"
-    masks = _index_masks(gt_dir)
+    masks = _index_masks(category_dir / "ground_truth")
     samples: list[TestSample] = []
-    unmasked: list[str] = []
     used: set[Path] = set()
     for defect_dir in defect_dirs:
-        found, missing = _scan_defect_dir(defect_dir, masks.get(defect_dir.name, {}), used)
+        found, _ = _scan_defect_dir(defect_dir, masks.get(defect_dir.name, {}), used)
         samples.extend(found)
-        unmasked.extend(missing)
     if require_test and not samples:
         raise DataError(f"no test images in {test_dir} (expected test/good/*.png and test/<defect>/*.png)")
-    _warn_unmatched(unmasked, masks, used, gt_dir)
+    return samples, _orphan_masks(masks, used)
+
+
+def scan_test(category_dir: str | Path, require_test: bool = False) -> list[TestSample]:
+    """:func:`scan_test_split` with one warning per kind of mismatch (defective images without a mask, masks
+    without an image), however many files are involved."""
+    samples, orphans = scan_test_split(category_dir, require_test)
+    gt_dir = Path(category_dir) / "ground_truth"
+    unmasked = [f"{s.defect_type}/{s.image_path.name}" for s in samples if s.label and s.mask_path is None]
+    if unmasked:
+        logger.warning(
+            "%d defective test images have no mask (pixel metrics skip them): %s", len(unmasked), _examples(unmasked)
+        )
+    if orphans:
+        names = [m.relative_to(gt_dir).as_posix() for m in orphans]
+        logger.warning("%d masks in ground_truth have no test image; ignored: %s", len(orphans), _examples(names))
     return samples
 
 
@@ -306,11 +305,13 @@ class TestDataset(Dataset):
         samples: Sequence[TestSample],
         transform: Callable[[Image.Image], torch.Tensor],
         image_size: int | Sequence[int],
+        warn_mask_sizes: bool = True,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.image_size = as_hw(image_size)
-        self._warn_mask_sizes()
+        if warn_mask_sizes:
+            self._warn_mask_sizes()
 
     def _warn_mask_sizes(self) -> None:
         """Warn once per mismatched mask, up front in the main process (workers would repeat it)."""
@@ -354,6 +355,7 @@ __all__ = [
     "resolve_category_dir",
     "scan_category",
     "scan_test",
+    "scan_test_split",
     "scan_train",
     "split_train_val",
 ]
