@@ -99,6 +99,35 @@ def find_latest_checkpoint(output_dir: str | Path, category: str) -> Path:
     )
 
 
+def find_latest_run(output_dir: str | Path) -> Path:
+    """The checkpoint (best, else last) of the most recently trained run of any category under ``output_dir``:
+    the run whose newest checkpoint file was written last."""
+    root = Path(output_dir)
+    runs = [p for p in root.glob("*/version_*") if re.fullmatch(r"version_\d+", p.name)] if root.is_dir() else []
+    newest: tuple[float, Path] | None = None
+    for run in runs:
+        files = [run / "checkpoints" / name for name in CHECKPOINT_NAMES if (run / "checkpoints" / name).is_file()]
+        if files:
+            stamp = max(f.stat().st_mtime for f in files)
+            if newest is None or stamp > newest[0]:
+                newest = (stamp, files[0])
+    if newest is None:
+        raise CheckpointError(
+            f"no trained run under {root}; train one with `python train.py --category NAME` "
+            "(or pass --checkpoint PATH, --category NAME, --runs-dir DIR)"
+        )
+    return newest[1]
+
+
+def describe_run(checkpoint: Path) -> str:
+    """One line naming a run: its folder, checkpoint and when it was written."""
+    import datetime
+
+    stamp = datetime.datetime.fromtimestamp(checkpoint.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return f"{run} ({checkpoint.name}, written {stamp})"
+
+
 def list_trained_categories(output_dir: str | Path) -> list[str]:
     """Categories under ``output_dir`` that have at least one run with a checkpoint."""
     root = Path(output_dir)

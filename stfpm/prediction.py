@@ -32,7 +32,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from stfpm.atomic import atomic_write_bytes, atomic_write_text
-from stfpm.checkpoint import find_latest_checkpoint, load_checkpoint
+from stfpm.checkpoint import describe_run, find_latest_checkpoint, find_latest_run, load_checkpoint
 from stfpm.config import integer, new_parser, parse_args, validate, writable_folder
 from stfpm.data import ImageTransform, list_images, load_image
 from stfpm.engine import add_engine_args, add_threshold_args, check_engine_args, run_inference, threshold_policy
@@ -51,7 +51,9 @@ MAX_PENDING_WRITES = 64
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("Write black/white defect masks (0/255) and heatmaps for new images.")
     parser.add_argument("--checkpoint", help="checkpoint written by train.py")
-    parser.add_argument("--category", help="use the latest run of this category (instead of --checkpoint)")
+    parser.add_argument(
+        "--category", help="use the latest run of this category (default: the latest run of any category)"
+    )
     parser.add_argument("--runs-dir", default="runs", help="where train.py wrote its runs")
     parser.add_argument("--input", required=False, help="an image file or a folder (searched recursively)")
     parser.add_argument("--output", default="predictions", help="output folder (mirrors the input's sub-folders)")
@@ -342,11 +344,12 @@ def _row(target: Target, pred: Prediction, postprocessor: Postprocessor) -> dict
 
 
 def checkpoint_path(args: argparse.Namespace) -> Path:
+    """--checkpoint, else the latest run of --category, else the latest run of any category (said in one line)."""
     if args.checkpoint:
         return Path(args.checkpoint).expanduser()
-    if args.category:
-        return find_latest_checkpoint(args.runs_dir, args.category)
-    raise STFPMError("pass --checkpoint PATH or --category NAME (its latest run)")
+    checkpoint = find_latest_checkpoint(args.runs_dir, args.category) if args.category else find_latest_run(args.runs_dir)
+    log.info("using %s", describe_run(checkpoint))
+    return checkpoint
 
 
 def run_prediction(args: argparse.Namespace) -> tuple[int, int, int]:

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from stfpm.checkpoint import find_latest_checkpoint, list_trained_categories, load_checkpoint
+from stfpm.checkpoint import describe_run, find_latest_checkpoint, find_latest_run, list_trained_categories, load_checkpoint
 from stfpm.config import new_parser, number, parse_args, validate, writable_folder
 from stfpm.data import MVTecDataModule
 from stfpm.engine import add_engine_args, add_threshold_args, check_engine_args, threshold_policy
@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("Evaluate STFPM on the test split: image/pixel AUROC, pixel AUPRO, F1-max, per defect type.")
-    parser.add_argument("--category", help="category to evaluate (its latest run), or `all`")
+    parser.add_argument(
+        "--category", help="category to evaluate (its latest run), or `all` (default: the latest run of any category)"
+    )
     parser.add_argument("--checkpoint", help="evaluate this checkpoint instead of the latest run")
     parser.add_argument("--data-root", help=f"dataset root (default: the one recorded at training, else {DEFAULT_DATA_ROOT})")
     parser.add_argument("--runs-dir", default="runs", help="where train.py wrote its runs (its --output-dir)")
@@ -111,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint:
         evaluate_checkpoint(args, Path(args.checkpoint).expanduser(), args.category, output_dir)
         return 0
-    if not args.category:
-        parser.error("pass --category NAME (its latest run), --category all, or --checkpoint PATH")
+    if not args.category:  # the most recently trained run, as users expect after `python train.py ...`
+        checkpoint = find_latest_run(args.runs_dir)
+        log.info("no --category or --checkpoint: evaluating the latest run, %s", describe_run(checkpoint))
+        evaluate_checkpoint(args, checkpoint, None, output_dir)
+        return 0
     if args.category != "all":
         checkpoint = find_latest_checkpoint(args.runs_dir, args.category)
         evaluate_checkpoint(args, checkpoint, args.category, output_dir)

@@ -201,3 +201,27 @@ def test_results_files_hold_the_operating_point(trained_run, tmp_path) -> None:
         assert results[key] is None or 0.0 <= results[key] <= 1.0
     assert "image_tpr_at_threshold" in (out / "results.csv").read_text().splitlines()[0]
     assert "image_fpr_at_threshold" in (out / "results.md").read_text()
+
+
+def test_without_category_or_checkpoint_the_latest_run_is_used(trained_run, tmp_path, caplog, capsys) -> None:
+    """`python test.py` and `python predict.py --input DIR` take the most recently trained run and say which."""
+    import logging
+    import os
+
+    from stfpm.prediction import main as predict_main
+
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_run["runs"], runs)
+    newer = runs / "other" / "version_3"
+    shutil.copytree(runs / "tiny" / "version_0", newer)
+    for ckpt in (newer / "checkpoints").glob("*.ckpt"):
+        os.utime(ckpt, (ckpt.stat().st_atime, ckpt.stat().st_mtime + 100))
+    caplog.set_level(logging.INFO)
+    assert evaluate_main(["--runs-dir", str(runs), "--output-dir", str(tmp_path / "eval"), *BASE]) == 0
+    assert _results(tmp_path / "eval")["checkpoint"] == str(newer / "checkpoints" / "best.ckpt")
+    assert f"latest run, {newer}" in caplog.text
+    images = trained_run["data"] / "tiny" / "test" / "good"
+    assert predict_main(["--runs-dir", str(runs), "--input", str(images), "--output", str(tmp_path / "p"), *BASE]) == 0
+    assert f"using {newer}" in caplog.text
+    assert run(evaluate_main, ["--runs-dir", str(tmp_path / "none"), *BASE]) == 2
+    assert "no trained run under" in capsys.readouterr().err
