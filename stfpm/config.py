@@ -16,11 +16,9 @@ from typing import Any, Callable, NoReturn
 
 import yaml
 
-from stfpm.errors import STFPMError
+from stfpm.errors import ConfigError
 
-
-class ConfigError(STFPMError):
-    """A configuration file is missing, malformed or names an unknown option."""
+__all__ = ["ConfigError", "Parser", "new_parser", "parse_args", "validate"]
 
 
 class Parser(argparse.ArgumentParser):

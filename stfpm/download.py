@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from stfpm.categories import MVTEC_CATEGORIES
-from stfpm.errors import DownloadError
+from stfpm.errors import DownloadError, TransientDownloadError
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,6 @@ _USER_AGENT = "stfpm-download/1.0 (+python urllib)"
 _HASH_LENGTHS = {"md5": 32, "sha256": 64}
 # HTTP statuses worth retrying: the server (or something in between) may recover.
 _TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
-
-
-class _TransientDownloadError(DownloadError):
-    """A failure that a later attempt can fix (network trouble): retried, and the partial file is kept."""
 
 
 def _one_line(text: object) -> str:
@@ -159,7 +155,7 @@ def _fetch_once(url: str, part: Path, chunk_size: int, timeout: float, progress:
 
     Returns ``True`` when ``part`` holds the complete file, ``False`` when the partial data turned out to be
     unusable and was deleted (the caller then asks again from byte 0). Network trouble raises
-    :class:`_TransientDownloadError` with ``part`` kept, so a later call can resume.
+    :class:`TransientDownloadError` with ``part`` kept, so a later call can resume.
     """
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
@@ -184,13 +180,13 @@ def _fetch_once(url: str, part: Path, chunk_size: int, timeout: float, progress:
             return False
         message = f"download of {url} failed: HTTP {exc.code} {_one_line(exc.reason)}"
         if exc.code in _TRANSIENT_HTTP:
-            raise _TransientDownloadError(message) from exc
+            raise TransientDownloadError(message) from exc
         raise DownloadError(message) from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         if isinstance(exc, ValueError):  # e.g. "unknown url type": a user typo, retrying cannot help
             raise DownloadError(f"cannot download {url}: {_one_line(reason)}") from exc
-        raise _TransientDownloadError(f"cannot reach {url}: {_one_line(reason) or type(exc).__name__}") from exc
+        raise TransientDownloadError(f"cannot reach {url}: {_one_line(reason) or type(exc).__name__}") from exc
 
     with response:
         status = response.status
@@ -229,7 +225,7 @@ def _fetch_once(url: str, part: Path, chunk_size: int, timeout: float, progress:
                     try:
                         chunk = response.read(chunk_size)
                     except (OSError, http.client.HTTPException, ValueError) as exc:
-                        raise _TransientDownloadError(
+                        raise TransientDownloadError(
                             f"download of {url} was interrupted after {received} bytes "
                             f"({_one_line(exc) or type(exc).__name__}); the partial data is kept in {part}, "
                             "re-run to resume"
@@ -243,7 +239,7 @@ def _fetch_once(url: str, part: Path, chunk_size: int, timeout: float, progress:
             raise DownloadError(f"cannot write {part}: {_one_line(exc)}") from exc
 
     if total is not None and received < total:
-        raise _TransientDownloadError(
+        raise TransientDownloadError(
             f"download of {url} was interrupted after {received} of {total} bytes; "
             f"the partial data is kept in {part}, re-run to resume"
         )
@@ -315,7 +311,7 @@ def download_file(
             restarts_left -= 1
             if restarts_left < 0:
                 raise DownloadError(f"download of {url} could not be resumed or restarted consistently")
-        except _TransientDownloadError as exc:
+        except TransientDownloadError as exc:
             if attempts_left <= 0:
                 message = str(exc)
                 if manual_hint:

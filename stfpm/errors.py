@@ -30,3 +30,30 @@ class WeightsError(STFPMError):
 
 class DownloadError(STFPMError):
     """A dataset download failed or produced a corrupt archive."""
+
+
+class ConfigError(STFPMError):
+    """A command-line value or configuration file is missing, malformed, out of range or unknown."""
+
+
+class SyntheticDataExistsError(DataError, FileExistsError):
+    """The category folder exists with contents that were not written with the requested parameters."""
+
+
+class TransientDownloadError(DownloadError):
+    """A failure that a later attempt can fix (network trouble): retried, and the partial file is kept."""
+
+
+class OneLineImageReadError(ImageReadError):
+    """An :class:`ImageReadError` whose message stays one line even after a DataLoader worker.
+
+    torch re-raises a worker's exception as ``type(exc)(formatted_traceback)``, which would make the CLI
+    print a whole traceback as its ``error:`` line; this recovers the original message instead.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        if "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            name = f"{type(self).__module__}.{type(self).__qualname__}: "
+            message = last[len(name):] if last.startswith(name) else last
+        super().__init__(message)

@@ -33,9 +33,6 @@ from stfpm.thresholding import CALIBRATIONS, few_images_warning
 
 log = logging.getLogger(__name__)
 
-# The teacher is in eval mode on purpose (frozen BatchNorm statistics); Lightning warns about any such module.
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-
 DEFAULT_DATA_ROOT = "./data/mvtec_anomaly_detection"
 CHECKPOINT_METRICS = ("val_loss", "val_map_mean")
 
@@ -290,7 +287,9 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
         if preflight.problems:
             preflight.save(run_dir / "data_problems_train.json")
     log.info("training %s -> %s", category, run_dir)
-    with _first_interrupt_stops(trainer):
+    with _first_interrupt_stops(trainer), warnings.catch_warnings():
+        # the teacher is in eval mode on purpose (frozen BatchNorm statistics); Lightning warns about any such module
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     last = run_dir / "checkpoints" / "last.ckpt"
     if has_val:

@@ -205,7 +205,7 @@ def test_command_line(tmp_path: Path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "cli")
     assert sorted(p.name for p in (tmp_path / "cli" / "ground_truth").iterdir()) == ["missing", "stain"]
     assert main(argv) == 0  # identical tree: fine
-    assert main(argv + ["--seed", "4"]) == 1
+    assert main(argv + ["--seed", "4"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert main(argv + ["--seed", "4", "--overwrite"]) == 0

@@ -21,7 +21,7 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from stfpm.errors import DataError, ImageReadError
+from stfpm.errors import DataError, ImageReadError, OneLineImageReadError
 
 logger = logging.getLogger(__name__)
 
@@ -42,21 +42,6 @@ _READ_ERRORS: tuple[type[BaseException], ...] = (
     struct.error,
     Image.DecompressionBombError,
 )
-
-
-class _OneLineImageReadError(ImageReadError):
-    """An :class:`ImageReadError` whose message stays one line even after a DataLoader worker.
-
-    torch re-raises a worker's exception as ``type(exc)(formatted_traceback)``, which would make the CLI
-    print a whole traceback as its ``error:`` line; this recovers the original message instead.
-    """
-
-    def __init__(self, message: str = "") -> None:
-        if "Original Traceback" in message:
-            last = message.rstrip().splitlines()[-1]
-            name = f"{type(self).__module__}.{type(self).__qualname__}: "
-            message = last[len(name):] if last.startswith(name) else last
-        super().__init__(message)
 
 
 def is_image_file(path: Path) -> bool:
@@ -141,7 +126,7 @@ def _open_decoded(path: Path, what: str) -> Image.Image:
             img.load()
             return img.copy()
     except _READ_ERRORS as exc:
-        raise _OneLineImageReadError(f"cannot read {what} {path}: {_one_line(exc)}") from exc
+        raise OneLineImageReadError(f"cannot read {what} {path}: {_one_line(exc)}") from exc
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -153,7 +138,7 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         return to_rgb(img)
     except _READ_ERRORS as exc:
-        raise _OneLineImageReadError(f"cannot read image {path}: {_one_line(exc)}") from exc
+        raise OneLineImageReadError(f"cannot read image {path}: {_one_line(exc)}") from exc
 
 
 def load_mask(path: str | Path) -> np.ndarray:

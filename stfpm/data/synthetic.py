@@ -54,7 +54,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from stfpm.errors import DataError
+from stfpm.errors import DataError, SyntheticDataExistsError
 
 __all__ = [
     "DEFECT_TYPES",
@@ -82,10 +82,6 @@ _SPLIT_TEST_GOOD = 1
 _STREAM_TEXTURE = 0
 _STREAM_DEFECT = 1
 _STREAM_NOISE = 2
-
-
-class SyntheticDataExistsError(DataError, FileExistsError):
-    """The category folder exists with contents that were not written with the requested parameters."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -533,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (ValueError, OSError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(path)
     return 0
 
