@@ -6,7 +6,7 @@ TEACHER_WEIGHTS ?= imagenet
 
 .PHONY: venv demo test clean-demo
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-dev.txt
 	touch $@
@@ -17,6 +17,8 @@ demo: venv
 	$(PY) scripts/demo.py --teacher-weights $(TEACHER_WEIGHTS)
 
 test: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 clean-demo:

@@ -4,7 +4,7 @@
 import sys
 
 from stfpm.cli import run
-from stfpm.testing import main
+from stfpm.cli.test import main
 
 if __name__ == "__main__":
     sys.exit(run(main))

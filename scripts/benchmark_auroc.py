@@ -1,4 +1,4 @@
-"""Benchmark stfpm.metrics.auroc against sklearn.metrics.roc_auc_score on a large pixel set.
+"""Benchmark stfpm.evaluation.metrics.auroc against sklearn.metrics.roc_auc_score on a large pixel set.
 
 Usage (from the repo root)::
 
@@ -24,10 +24,8 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
-METHODS = ("stfpm.metrics.auroc", "sklearn.metrics.roc_auc_score")
+METHODS = ("stfpm.evaluation.metrics.auroc", "sklearn.metrics.roc_auc_score")
 
 
 def make_data(pixels: int, positive_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +62,7 @@ def worker(method: str, data_dir: Path) -> None:
     """Run one method once on the saved data; print JSON with its time, value and peak RSS increase."""
     from sklearn.metrics import roc_auc_score
 
-    from stfpm.metrics import auroc
+    from stfpm.evaluation.metrics import auroc
 
     scores = np.load(data_dir / "scores.npy")
     labels = np.load(data_dir / "labels.npy")

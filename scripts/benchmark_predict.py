@@ -39,7 +39,7 @@ def _photos(folder: Path, n: int, width: int, height: int) -> None:
 
 
 def _checkpoint(path: Path, backbone: str, image_size: int) -> None:
-    from stfpm.lightning_model import CHECKPOINT_KEY, STFPM
+    from stfpm.model.lightning_model import CHECKPOINT_KEY, STFPM
 
     model = STFPM(backbone=backbone, teacher_weights=None, image_size=image_size)
     model.image_threshold.fill_(0.5)
@@ -52,7 +52,7 @@ def _checkpoint(path: Path, backbone: str, image_size: int) -> None:
 
 def _floor(checkpoint: Path, n: int, batch_size: int, image_size: int, precision: str, layout: torch.memory_format) -> float:
     """img/s of teacher + student forward alone (no data loading, no maps)."""
-    from stfpm.checkpoint import load_checkpoint
+    from stfpm.model.checkpoint import load_checkpoint
 
     net = load_checkpoint(checkpoint).model.eval().to(memory_format=layout)
     batches = [
@@ -72,7 +72,7 @@ def _floor(checkpoint: Path, n: int, batch_size: int, image_size: int, precision
 
 def _ours(argv: list[str]) -> tuple[float, float, int]:
     """(loop img/s as predict.py reports it, whole-call seconds, images processed)."""
-    from stfpm.prediction import main
+    from stfpm.cli.predict import main
 
     out = io.StringIO()
     start = time.perf_counter()

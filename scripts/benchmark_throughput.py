@@ -13,15 +13,12 @@ import argparse
 import contextlib
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stfpm.inference import resolve_device  # noqa: E402
-from stfpm.loss import stfpm_loss  # noqa: E402
-from stfpm.torch_model import STFPMModel  # noqa: E402
+from stfpm.inference.predictor import resolve_device
+from stfpm.model.loss import stfpm_loss
+from stfpm.model.torch_model import STFPMModel
 
 
 def _sync(device: torch.device) -> None:

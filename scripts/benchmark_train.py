@@ -38,8 +38,8 @@ def _photos(folder: Path, n: int, width: int, height: int) -> None:
 
 def _floor(backbone: str, image_size: int, batch_size: int, n: int) -> float:
     """img/s of the bare training step over one epoch's batches."""
-    from stfpm.loss import stfpm_loss
-    from stfpm.torch_model import STFPMModel
+    from stfpm.model.loss import stfpm_loss
+    from stfpm.model.torch_model import STFPMModel
 
     model = STFPMModel(backbone, teacher_weights=None)
     model.student.train()
@@ -60,7 +60,7 @@ def _floor(backbone: str, image_size: int, batch_size: int, n: int) -> float:
 
 
 def _train_seconds(root: Path, out: Path, epochs: int, args: argparse.Namespace) -> float:
-    from stfpm.training import main
+    from stfpm.cli.train import main
 
     argv = [
         "--category", "bench", "--data-root", str(root), "--output-dir", str(out), "--epochs", str(epochs),
@@ -100,7 +100,8 @@ def main() -> int:
     )
     print(f"floor (training step alone): {floor:6.2f} img/s before, {floor_after:6.2f} img/s after")
     print(f"train.py epoch: {ours:6.2f} img/s ({epoch:.1f} s; set-up and first epoch {one:.1f} s)")
-    print(f"ratio train.py / floor: {ours / max(floor, floor_after):.2f} (to the slower floor: {ours / min(floor, floor_after):.2f})")
+    fast, slow = max(floor, floor_after), min(floor, floor_after)
+    print(f"ratio train.py / floor: {ours / fast:.2f} (to the slower floor: {ours / slow:.2f})")
     return 0
 
 

@@ -1,36 +1,10 @@
 #!/usr/bin/env python
-"""Export a trained checkpoint: `python scripts/export.py --checkpoint CKPT --output model.pt [--format ...]`."""
-
-from __future__ import annotations
+"""Export a trained checkpoint (same as `stfpm-export`; see --help)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stfpm.checkpoint import load_checkpoint  # noqa: E402
-from stfpm.cli import run  # noqa: E402
-from stfpm.config import Parser, existing_file, validate  # noqa: E402
-from stfpm.engine import THRESHOLD_CHECKS, add_threshold_args, threshold_policy  # noqa: E402
-from stfpm.export import FORMATS, export  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = Parser(description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint written by train.py")
-    parser.add_argument("--output", required=True, help="file to write (metadata goes to OUTPUT.json)")
-    parser.add_argument("--format", default="exported_program", choices=FORMATS, help="exported_program (torch.export, .pt2), torchscript (deprecated by PyTorch) or onnx")
-    parser.add_argument("--verbose", action="store_true")
-    add_threshold_args(parser)
-    args = parser.parse_args(argv)
-    validate(args, THRESHOLD_CHECKS)
-    if args.thresholds_from:
-        existing_file(args.thresholds_from, "--thresholds-from")
-    model = load_checkpoint(args.checkpoint)
-    path = export(model, Path(args.output), args.format, threshold_policy(args, model))
-    print(f"exported {args.format} to {path} (metadata: {path}.json)")
-    return 0
-
+from stfpm.cli import run
+from stfpm.cli.export import main
 
 if __name__ == "__main__":
     sys.exit(run(main))

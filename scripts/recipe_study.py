@@ -28,15 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stfpm.anomaly_map import AnomalyMapGenerator  # noqa: E402
-from stfpm.checkpoint import find_latest_checkpoint, load_checkpoint  # noqa: E402
-from stfpm.data import MVTecDataModule, load_mask, resize_mask  # noqa: E402
-from stfpm.data.io import as_hw  # noqa: E402
-from stfpm.evaluation import TestPredictions, compute_metrics  # noqa: E402
-from stfpm.metrics import overlap_at_threshold  # noqa: E402
-from stfpm.postprocess import resize_map  # noqa: E402
+from stfpm.data import MVTecDataModule, load_mask, resize_mask
+from stfpm.data.io import as_hw
+from stfpm.evaluation.metrics import overlap_at_threshold
+from stfpm.evaluation.results import TestPredictions, compute_metrics
+from stfpm.inference.postprocess import resize_map
+from stfpm.model.anomaly_map import AnomalyMapGenerator
+from stfpm.model.checkpoint import find_latest_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = "weights/mobilenet_v2_imagenet_dequant.pth"

@@ -20,7 +20,7 @@ TRAIN_ARGS = [
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A read-only-by-convention synthetic dataset root holding category ``tiny``."""
-    from stfpm.data.synthetic import make_synthetic_category
+    from stfpm.tools.synthetic import make_synthetic_category
 
     root = tmp_path_factory.mktemp("data")
     make_synthetic_category(root, "tiny", **TINY)
@@ -38,7 +38,7 @@ def data_copy(tiny_data, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tiny_data, tmp_path_factory) -> dict[str, Path]:
     """`train.py` run once for the whole session on the tiny category; returns its paths."""
-    from stfpm.training import main
+    from stfpm.cli.train import main
 
     runs = tmp_path_factory.mktemp("runs")
     assert main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(runs), *TRAIN_ARGS]) == 0

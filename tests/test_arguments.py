@@ -7,9 +7,9 @@ import torch
 
 from conftest import TRAIN_ARGS
 from stfpm.cli import run
-from stfpm.prediction import main as predict_main
-from stfpm.testing import main as evaluate_main
-from stfpm.training import main as train_main
+from stfpm.cli.predict import main as predict_main
+from stfpm.cli.test import main as evaluate_main
+from stfpm.cli.train import main as train_main
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU that this machine has")
 

@@ -1,4 +1,4 @@
-"""Tests for stfpm.download and scripts/download_mvtec.py against a local HTTP server (127.0.0.1 only).
+"""Tests for stfpm.tools.download and scripts/download_mvtec.py against a local HTTP server (127.0.0.1 only).
 
 The server serves a small MVTec-like tar.xz built here and can misbehave on request: cut the connection
 after N bytes, ignore Range headers, send corrupted bytes or a truncated archive.
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from stfpm.download import EXTRACT_TMP_PREFIX, download_file, download_mvtec, extract_archive
 from stfpm.errors import DownloadError
+from stfpm.tools.download import EXTRACT_TMP_PREFIX, download_file, download_mvtec, extract_archive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "download_mvtec.py"

@@ -14,10 +14,12 @@ import pytest
 from PIL import Image
 
 from stfpm.cli import run
+from stfpm.cli import test as evaluate_cli
+from stfpm.cli.predict import MaskWriter
+from stfpm.cli.predict import build_parser as predict_parser
+from stfpm.cli.predict import main as predict_main
 from stfpm.errors import STFPMError
-from stfpm.prediction import MaskWriter, build_parser as predict_parser, main as predict_main
-from stfpm import testing as evaluate_cli
-from stfpm.thresholding import ThresholdPolicy
+from stfpm.inference.thresholding import ThresholdPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stfpm.cli import run
-from stfpm.testing import main as evaluate_main
+from stfpm.cli.test import main as evaluate_main
 
 BASE = ["--num-workers", "0", "--accelerator", "cpu"]
 
@@ -125,7 +125,7 @@ def test_defective_images_without_mask_are_left_out_of_pixel_metrics(trained_run
 
 def _hand_built():
     """Four 2x3 images: two good, two defective (one without a mask)."""
-    from stfpm.evaluation import TestPredictions
+    from stfpm.evaluation.results import TestPredictions
 
     maps = np.array([
         [[0.1, 0.2, 0.1], [0.1, 0.6, 0.1]],  # good, one pixel at 0.6
@@ -143,7 +143,7 @@ def _hand_built():
 
 
 def test_operating_point_figures_on_a_hand_built_split() -> None:
-    from stfpm.evaluation import compute_metrics
+    from stfpm.evaluation.results import compute_metrics
 
     results = compute_metrics(_hand_built(), image_threshold=0.65, pixel_threshold=0.6)
     assert results["image_tpr_at_threshold"] == 1.0  # 0.9 and 0.7 >= 0.65
@@ -160,7 +160,7 @@ def test_operating_point_figures_on_a_hand_built_split() -> None:
 
 
 def test_operating_point_is_undefined_without_thresholds_or_a_class() -> None:
-    from stfpm.evaluation import compute_metrics
+    from stfpm.evaluation.results import compute_metrics
 
     results = compute_metrics(_hand_built())
     for key in ("image_tpr_at_threshold", "image_fpr_at_threshold", "pixel_precision_at_threshold",
@@ -175,7 +175,7 @@ def test_operating_point_is_undefined_without_thresholds_or_a_class() -> None:
 
 
 def test_source_size_maps_of_different_shapes_give_the_same_figures_as_a_stack() -> None:
-    from stfpm.evaluation import compute_metrics
+    from stfpm.evaluation.results import compute_metrics
 
     stacked = _hand_built()
     as_list = _hand_built()
@@ -193,7 +193,7 @@ def test_results_files_hold_the_operating_point(trained_run, tmp_path) -> None:
     out = tmp_path / "eval"
     assert evaluate_main(["--checkpoint", str(trained_run["checkpoint"]), "--output-dir", str(out), *BASE]) == 0
     results = _results(out)
-    from stfpm.checkpoint import load_checkpoint
+    from stfpm.model.checkpoint import load_checkpoint
 
     image_thr, pixel_thr = load_checkpoint(trained_run["checkpoint"]).thresholds
     assert results["calibrated_image_threshold"] == pytest.approx(image_thr)
@@ -208,7 +208,7 @@ def test_without_category_or_checkpoint_the_latest_run_is_used(trained_run, tmp_
     import logging
     import os
 
-    from stfpm.prediction import main as predict_main
+    from stfpm.cli.predict import main as predict_main
 
     runs = tmp_path / "runs"
     shutil.copytree(trained_run["runs"], runs)

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from stfpm.checkpoint import load_checkpoint
-from stfpm.export import deployable, export
+from stfpm.inference.export import deployable, export
+from stfpm.model.checkpoint import load_checkpoint
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "exported_program"])

@@ -10,11 +10,11 @@ import pytest
 import torch
 from scipy import ndimage, stats
 
-from stfpm.anomaly_map import AnomalyMapGenerator, fuse_anomaly_maps
 from stfpm.data.io import ImageTransform, as_hw, aspect_preserving_size, resize_mask, size_record
 from stfpm.errors import DataError
-from stfpm.thresholding import calibrate, gumbel_threshold, quantile_threshold
-from stfpm.torch_model import STFPMModel
+from stfpm.inference.thresholding import calibrate, gumbel_threshold, quantile_threshold
+from stfpm.model.anomaly_map import AnomalyMapGenerator, fuse_anomaly_maps
+from stfpm.model.torch_model import STFPMModel
 
 
 def _levels(seed: int, batch: int = 3) -> list[torch.Tensor]:
@@ -134,8 +134,9 @@ def test_non_square_transform_and_mask() -> None:
 
 def _wide_copy(tiny_data, tmp_path):
     """The tiny category with every image and mask stretched to 64x96 (height x width)."""
-    from PIL import Image
     import shutil
+
+    from PIL import Image
 
     root = tmp_path / "wide"
     shutil.copytree(tiny_data, root)
@@ -153,11 +154,11 @@ def test_non_square_run_trains_tests_and_predicts_end_to_end(tiny_data, tmp_path
     from PIL import Image
 
     from conftest import TRAIN_ARGS
-    from stfpm.checkpoint import load_checkpoint
-    from stfpm.export import metadata
-    from stfpm.prediction import main as predict_main
-    from stfpm.testing import main as test_main
-    from stfpm.training import main as train_main
+    from stfpm.cli.predict import main as predict_main
+    from stfpm.cli.test import main as test_main
+    from stfpm.cli.train import main as train_main
+    from stfpm.inference.export import metadata
+    from stfpm.model.checkpoint import load_checkpoint
 
     root = _wide_copy(tiny_data, tmp_path)
     args = [*TRAIN_ARGS, "--epochs", "1", "--keep-aspect", "--map-fusion", "sum", "--map-sigma", "2",
@@ -193,7 +194,7 @@ def test_non_square_run_trains_tests_and_predicts_end_to_end(tiny_data, tmp_path
 def test_keep_aspect_takes_one_size(tiny_data, tmp_path, capsys) -> None:
     from conftest import TRAIN_ARGS
     from stfpm.cli import run
-    from stfpm.training import main as train_main
+    from stfpm.cli.train import main as train_main
 
     args = list(TRAIN_ARGS)
     args[args.index("--image-size") + 1: args.index("--image-size") + 2] = ["48", "64"]

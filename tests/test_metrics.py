@@ -1,4 +1,4 @@
-"""Tests for stfpm.metrics against sklearn and against slow, obviously-correct reference implementations."""
+"""Tests for stfpm.evaluation.metrics against sklearn and against slow, obviously-correct reference implementations."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from stfpm.metrics import aupro, auroc, f1_max, roc_curve
+from stfpm.evaluation.metrics import aupro, auroc, f1_max, roc_curve
 
 
 def _tied_data(n: int = 5000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -249,7 +249,7 @@ def test_aupro_nan_scores_raise() -> None:
 
 
 def test_tpr_at_fpr_hand_built() -> None:
-    from stfpm.metrics import tpr_at_fpr
+    from stfpm.evaluation.metrics import tpr_at_fpr
 
     normal = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     defect = [0.05, 0.65, 0.95, 1.5]
@@ -266,7 +266,7 @@ def test_tpr_at_fpr_hand_built() -> None:
 
 
 def test_tpr_at_fpr_ties_between_classes_count_as_alarms() -> None:
-    from stfpm.metrics import tpr_at_fpr
+    from stfpm.evaluation.metrics import tpr_at_fpr
 
     scores = np.array([0.5, 0.5, 0.2, 0.5, 0.9])
     labels = np.array([0, 0, 0, 1, 1])
@@ -279,7 +279,7 @@ def test_tpr_at_fpr_ties_between_classes_count_as_alarms() -> None:
 def test_tpr_at_fpr_matches_sklearn_roc(seed: int) -> None:
     from sklearn.metrics import roc_curve as sk_roc_curve
 
-    from stfpm.metrics import tpr_at_fpr
+    from stfpm.evaluation.metrics import tpr_at_fpr
 
     rng = np.random.default_rng(seed)
     labels = rng.random(400) < 0.3
@@ -290,7 +290,7 @@ def test_tpr_at_fpr_matches_sklearn_roc(seed: int) -> None:
 
 
 def test_rates_at_threshold_hand_built() -> None:
-    from stfpm.metrics import rates_at_threshold
+    from stfpm.evaluation.metrics import rates_at_threshold
 
     scores = np.array([0.1, 0.5, 0.7, 0.5, 0.9, 0.2])
     labels = np.array([0, 0, 0, 1, 1, 1])
@@ -302,7 +302,7 @@ def test_rates_at_threshold_hand_built() -> None:
 
 
 def test_overlap_at_threshold_hand_built() -> None:
-    from stfpm.metrics import overlap_at_threshold
+    from stfpm.evaluation.metrics import overlap_at_threshold
 
     maps = np.array([[0.9, 0.8, 0.1], [0.2, 0.6, 0.0]])
     masks = np.array([[1, 1, 0], [1, 0, 0]], dtype=bool)

@@ -10,11 +10,11 @@ import torch
 import torchvision
 from torch import nn
 
-from stfpm.anomaly_map import anomaly_map, fuse_anomaly_maps, image_scores, layer_anomaly_maps
-from stfpm.backbones import build_backbone, resolve_layers
 from stfpm.errors import WeightsError
-from stfpm.loss import stfpm_loss
-from stfpm.torch_model import STFPMModel
+from stfpm.model.anomaly_map import anomaly_map, fuse_anomaly_maps, image_scores, layer_anomaly_maps
+from stfpm.model.backbones import build_backbone, resolve_layers
+from stfpm.model.loss import stfpm_loss
+from stfpm.model.torch_model import STFPMModel
 
 
 def _reference_loss(teacher: list[np.ndarray], student: list[np.ndarray]) -> float:

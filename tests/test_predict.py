@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from stfpm.cli import run
-from stfpm.inference import Predictor
-from stfpm.postprocess import remove_small_blobs
-from stfpm.prediction import main as predict_main
+from stfpm.cli.predict import main as predict_main
+from stfpm.inference.postprocess import remove_small_blobs
+from stfpm.inference.predictor import Predictor
 
 SIZES = {"wide.png": (37, 81), "tall.jpg": (90, 41), "odd.bmp": (33, 33)}
 

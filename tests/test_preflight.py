@@ -10,8 +10,8 @@ from PIL import Image
 
 from conftest import TRAIN_ARGS
 from stfpm.cli import run
-from stfpm.testing import main as evaluate_main
-from stfpm.training import main as train_main
+from stfpm.cli.test import main as evaluate_main
+from stfpm.cli.train import main as train_main
 
 BASE = ["--num-workers", "0", "--accelerator", "cpu"]
 

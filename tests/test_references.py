@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +13,12 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from stfpm.checkpoint import find_latest_checkpoint
 from stfpm.cli import run
+from stfpm.cli.predict import main as predict_main
+from stfpm.cli.test import main as evaluate_main
 from stfpm.data import load_image
-from stfpm.inference import Predictor
-from stfpm.prediction import main as predict_main
-from stfpm.testing import main as evaluate_main
+from stfpm.inference.predictor import Predictor
+from stfpm.model.checkpoint import find_latest_checkpoint
 
 BASE = ["--num-workers", "0", "--accelerator", "cpu"]
 
@@ -118,7 +117,7 @@ def test_latest_checkpoint_is_the_highest_version_number(tmp_path) -> None:
 
 def test_predict_refuses_a_checkpoint_without_thresholds_unless_given_some(tiny_data, tmp_path, capsys) -> None:
     from conftest import TRAIN_ARGS
-    from stfpm.training import main as train_main
+    from stfpm.cli.train import main as train_main
 
     assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path / "runs"),
                        *TRAIN_ARGS, "--val-fraction", "0", "--epochs", "1"]) == 0
@@ -139,7 +138,7 @@ def test_predict_refuses_a_checkpoint_without_thresholds_unless_given_some(tiny_
     ("optimizer:\n  lr: -1\n", "--lr"),
 ])
 def test_yaml_config_errors_are_one_line(tiny_data, tmp_path, capsys, content, needle) -> None:
-    from stfpm.training import main as train_main
+    from stfpm.cli.train import main as train_main
 
     config = tmp_path / "c.yaml"
     if content is not None:

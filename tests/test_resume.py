@@ -12,18 +12,18 @@ from pathlib import Path
 import torch
 
 from conftest import TRAIN_ARGS
-from stfpm.testing import main as evaluate
-from stfpm.training import main as train
+from stfpm.cli.test import main as evaluate
+from stfpm.cli.train import main as train
 
 REPO = Path(__file__).resolve().parents[1]
 
 # train.py with every training step slowed down, so that a kill lands inside an epoch
 SLOW_TRAIN = """
 import sys, time
-from stfpm.lightning_model import STFPM
+from stfpm.model.lightning_model import STFPM
 step = STFPM.training_step
 STFPM.training_step = lambda self, *a, **k: (time.sleep(0.4), step(self, *a, **k))[1]
-from stfpm.training import main
+from stfpm.cli.train import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -96,7 +96,7 @@ def _thresholds_match_final_weights(last: Path) -> None:
     """last.ckpt has finite thresholds, calibrated on its own weights (validation recomputed here)."""
     import math
 
-    from stfpm.checkpoint import load_checkpoint
+    from stfpm.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(last)
     assert all(math.isfinite(t) for t in model.thresholds)
@@ -151,8 +151,8 @@ def test_ctrl_c_stops_after_the_step_and_saves_a_usable_checkpoint(tiny_data, tm
 
 def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch) -> None:
     """A crash while writing leaves the previous checkpoint intact and no partial file behind."""
-    import stfpm.atomic
-    from stfpm.checkpoint import AtomicCheckpointIO
+    import stfpm.outputs.atomic
+    from stfpm.model.checkpoint import AtomicCheckpointIO
 
     path = tmp_path / "last.ckpt"
     io_plugin = AtomicCheckpointIO()
@@ -162,7 +162,7 @@ def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch) -> None:
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(stfpm.atomic.os, "replace", crash)
+    monkeypatch.setattr(stfpm.outputs.atomic.os, "replace", crash)
     try:
         io_plugin.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
     except OSError:
@@ -174,7 +174,7 @@ def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch) -> None:
 
 
 def test_training_writes_checkpoints_through_the_atomic_writer(tiny_data, tmp_path, monkeypatch) -> None:
-    from stfpm.checkpoint import AtomicCheckpointIO
+    from stfpm.model.checkpoint import AtomicCheckpointIO
 
     written = []
     original = AtomicCheckpointIO.save_checkpoint

@@ -16,7 +16,7 @@ BATTERY = SHARED / "data" / "battery_weld"
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="no offline ImageNet MobileNetV2 at ../shared")
 def test_offline_mobilenet_teacher_loads_exactly() -> None:
-    from stfpm.torch_model import STFPMModel
+    from stfpm.model.torch_model import STFPMModel
 
     model = STFPMModel("mobilenet_v2", teacher_weights=str(WEIGHTS))
     reference = torchvision.models.mobilenet_v2(weights=None)

@@ -1,4 +1,4 @@
-"""Tests of the synthetic MVTec-style category generator (stfpm.data.synthetic)."""
+"""Tests of the synthetic MVTec-style category generator (stfpm.tools.synthetic)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stfpm.data.synthetic import (
+from stfpm.errors import DataError
+from stfpm.tools.synthetic import (
     DEFECT_TYPES,
     MARKER_NAME,
     main,
     make_synthetic_category,
     render_sample,
 )
-from stfpm.errors import DataError
 
 SMALL = dict(image_size=64, n_train=4, n_test_good=3, n_test_per_defect=2)
 

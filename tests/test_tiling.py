@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from stfpm.tiling import Tiler, tile_starts
-from stfpm.torch_model import STFPMModel
+from stfpm.model.tiling import Tiler, tile_starts
+from stfpm.model.torch_model import STFPMModel
 
 
 def test_tile_starts_cover_the_side_without_padding() -> None:
@@ -47,10 +47,10 @@ def test_tiled_map_is_the_per_tile_map_where_tiles_do_not_overlap() -> None:
 
 def test_tiled_run_trains_calibrates_tests_and_exports(tiny_data, tmp_path, caplog) -> None:
     from conftest import TRAIN_ARGS
-    from stfpm.checkpoint import load_checkpoint
-    from stfpm.export import export
-    from stfpm.testing import main as test_main
-    from stfpm.training import main as train_main
+    from stfpm.cli.test import main as test_main
+    from stfpm.cli.train import main as train_main
+    from stfpm.inference.export import export
+    from stfpm.model.checkpoint import load_checkpoint
 
     args = [*TRAIN_ARGS, "--epochs", "1", "--tile-size", "32", "--tile-overlap", "0.5", "--map-fusion", "sum"]
     assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *args]) == 0
@@ -76,7 +76,7 @@ def test_tiled_run_trains_calibrates_tests_and_exports(tiny_data, tmp_path, capl
 def test_tiles_larger_than_the_input_are_a_one_line_error(tiny_data, tmp_path, capsys) -> None:
     from conftest import TRAIN_ARGS
     from stfpm.cli import run
-    from stfpm.training import main as train_main
+    from stfpm.cli.train import main as train_main
 
     code = run(train_main, ["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path),
                             *TRAIN_ARGS, "--tile-size", "96"])

@@ -11,12 +11,12 @@ import torch
 import yaml
 
 from conftest import TRAIN_ARGS
-from stfpm.checkpoint import load_checkpoint
 from stfpm.cli import run
+from stfpm.cli.train import main as train_main
 from stfpm.data import MVTecDataModule, load_image
-from stfpm.inference import Predictor
-from stfpm.lightning_model import STFPM
-from stfpm.training import main as train_main
+from stfpm.inference.predictor import Predictor
+from stfpm.model.checkpoint import load_checkpoint
+from stfpm.model.lightning_model import STFPM
 
 
 def _fit(model: STFPM, data_root, max_steps: int = 3) -> None:
@@ -194,7 +194,7 @@ def test_best_checkpoint_has_the_lowest_monitored_metric(tiny_data, tmp_path, me
 
     import torch
 
-    from stfpm.training import main
+    from stfpm.cli.train import main
 
     argv = ["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS,
             "--epochs", "4", "--checkpoint-metric", metric]

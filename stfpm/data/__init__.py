@@ -21,6 +21,7 @@ from stfpm.data.io import (
     to_rgb,
 )
 from stfpm.data.mvtec import (
+    DEFAULT_DATA_ROOT,
     MVTEC_CATEGORIES,
     CategoryIndex,
     ImageFolderDataset,
@@ -47,6 +48,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DEFAULT_DATA_ROOT",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",

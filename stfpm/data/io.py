@@ -180,10 +180,11 @@ SIZE_MULTIPLE = 16
 
 def as_hw(image_size: int | Sequence[int]) -> ImageSize:
     """``S`` or ``[S]`` -> (S, S); ``[H, W]`` -> (H, W); anything else is a one-line :class:`DataError`."""
-    values = list(image_size) if isinstance(image_size, (list, tuple)) else [image_size]
-    if not values or len(values) > 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+    values: list[object] = list(image_size) if isinstance(image_size, (list, tuple)) else [image_size]
+    sides = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 1]
+    if not values or len(values) > 2 or len(sides) != len(values):
         raise DataError(f"image size must be one positive integer S (S x S) or two, H W; got {image_size!r}")
-    return (values[0], values[-1])
+    return (sides[0], sides[-1])
 
 
 def size_record(size: ImageSize) -> int | list[int]:
@@ -227,6 +228,8 @@ class Normalize(torch.nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor([float(m) for m in mean], dtype=torch.float32).view(3, 1, 1))
         self.register_buffer("std", torch.tensor([float(s) for s in std], dtype=torch.float32).view(3, 1, 1))
 
@@ -241,7 +244,7 @@ class ImageTransform:
     resized to the network size without cropping, so defects near the border are never cut off and anomaly
     maps map back onto the full original image. The size is square (the official ``S x S``) or any (H, W),
     e.g. one that keeps the parts' aspect ratio (:func:`aspect_preserving_size`). The data module, the
-    :class:`~stfpm.inference.Predictor`, predict.py and the export all take it from here; :attr:`resize`
+    :class:`~stfpm.inference.predictor.Predictor`, predict.py and the export all take it from here; :attr:`resize`
     states the resize in words for deployments that do it themselves.
     """
 

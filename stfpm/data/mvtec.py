@@ -24,13 +24,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from stfpm.data.io import IMAGE_EXTENSIONS, as_hw, list_images, load_image, load_mask, resize_mask
-from stfpm.categories import MVTEC_CATEGORIES
+from stfpm.data.categories import MVTEC_CATEGORIES
 from stfpm.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 
 GOOD = "good"
+DEFAULT_DATA_ROOT = "./data/mvtec_anomaly_detection"
+"""Where scripts/download_mvtec.py puts MVTec AD by default, and where train.py looks for it."""
 _MAX_EXAMPLES = 5
 
 

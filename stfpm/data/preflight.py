@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from stfpm.atomic import atomic_write_text
+from stfpm.outputs.atomic import atomic_write_text
 from stfpm.data.io import _READ_ERRORS, _one_line, load_mask
 from stfpm.data.mvtec import TestSample
 from stfpm.errors import DataError
@@ -112,7 +112,7 @@ def _mask_problem(mask_path: Path, image_size: tuple[int, int]) -> str | None:
         with Image.open(mask_path) as img:
             values = np.unique(np.asarray(img))
         load_mask(mask_path)
-    except (DataError, *_READ_ERRORS) as exc:
+    except (DataError, *_READ_ERRORS) as exc:  # type: ignore[misc]  # a tuple of exception classes
         return f"unreadable mask: {_one_line(exc)}"
     problems = []
     if mask_size is not None and mask_size != image_size:

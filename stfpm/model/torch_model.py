@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from stfpm.anomaly_map import AnomalyMapGenerator, layer_anomaly_maps
-from stfpm.backbones import build_backbone, get_preset, layer_channels, layer_strides, resolve_layers
 from stfpm.data.io import as_hw
 from stfpm.errors import WeightsError
-from stfpm.tiling import Tiler
+from stfpm.model.anomaly_map import AnomalyMapGenerator, layer_anomaly_maps
+from stfpm.model.backbones import build_backbone, get_preset, layer_channels, layer_strides, resolve_layers
+from stfpm.model.tiling import Tiler
 
 
 class STFPMModel(nn.Module):

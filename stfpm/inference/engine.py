@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pytorch_lightning as pl
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from lightning_fabric.utilities.exceptions import MisconfigurationException
-
 from stfpm.config import existing_file, finite, integer, parse_devices, validate
 from stfpm.errors import STFPMError
-from stfpm.lightning_model import STFPM
-from stfpm.thresholding import ThresholdPolicy
+from stfpm.inference.thresholding import ThresholdPolicy
+from stfpm.model.lightning_model import STFPM
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "bf16", "16")
 

@@ -1,36 +1,37 @@
 """Importable inference API: load a checkpoint once, then score images from memory.
 
->>> from stfpm.inference import Predictor
+>>> from stfpm.inference.predictor import Predictor
 >>> predictor = Predictor.from_checkpoint("runs/carpet/version_0/checkpoints/best.ckpt", device="cuda")
 >>> result = predictor.predict(PIL.Image.open("part.png"))
 >>> result.score, result.is_anomalous, result.mask.shape  # mask: uint8 0/255 at the source size
 
 An in-process, single-device view of the engine that test.py and predict.py run through Lightning: the same
 preprocessing (``STFPM.preprocessing``), the same model call (``STFPM.predict_step``) and the same
-:class:`~stfpm.postprocess.Postprocessor` with its :class:`~stfpm.thresholding.ThresholdPolicy`.
+:class:`~stfpm.inference.postprocess.Postprocessor` with its :class:`~stfpm.inference.thresholding.ThresholdPolicy`.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from stfpm.checkpoint import load_checkpoint
 from stfpm.data import load_image
 from stfpm.errors import STFPMError
-from stfpm.lightning_model import STFPM
-from stfpm.postprocess import Postprocessor, Prediction
-from stfpm.thresholding import ThresholdPolicy
+from stfpm.inference.postprocess import Postprocessor, Prediction
+from stfpm.inference.thresholding import ThresholdPolicy
+from stfpm.model.checkpoint import load_checkpoint
+from stfpm.model.lightning_model import STFPM
 
 __all__ = ["Prediction", "Predictor", "resolve_device"]
 
-ImageInput = Union[Image.Image, np.ndarray, str, Path]
+ImageInput = Image.Image | np.ndarray | str | Path
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -82,7 +83,7 @@ class Predictor:
         return self.postprocessor.policy.pixel
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> "Predictor":
+    def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> Predictor:
         """Load a checkpoint written by train.py (see :class:`Predictor` for the keyword arguments)."""
         return cls(load_checkpoint(path), **kwargs)
 
@@ -106,9 +107,9 @@ class Predictor:
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> Prediction | list[Prediction]:
         """Score one image (PIL, numpy HxW/HxWxC uint8, or a path) or a list of them."""
         single = isinstance(images, (Image.Image, np.ndarray, str, Path))
-        items = [images] if single else list(images)
+        items: list[ImageInput] = [images] if single else list(images)  # type: ignore[list-item, arg-type]
         pils = [load_image(i) if isinstance(i, (str, Path)) else i for i in items]
-        sizes = [(p.height, p.width) if isinstance(p, Image.Image) else tuple(p.shape[:2]) for p in pils]
+        sizes = [(p.height, p.width) if isinstance(p, Image.Image) else (p.shape[0], p.shape[1]) for p in pils]
         batch = torch.stack([self.transform(p) for p in pils])
         results = self.predict_batch(batch, sizes)
         return results[0] if single else results

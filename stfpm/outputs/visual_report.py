@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stfpm.atomic import atomic_write_bytes
 from stfpm.data import load_image
-from stfpm.evaluation import TestPredictions
-from stfpm.metrics import roc_curve
-from stfpm.postprocess import binary_mask, heatmap_scale, overlay
-from stfpm.report import save_png
+from stfpm.evaluation.metrics import roc_curve
+from stfpm.evaluation.results import TestPredictions
+from stfpm.inference.postprocess import binary_mask, heatmap_scale, overlay
+from stfpm.outputs.atomic import atomic_write_bytes
+from stfpm.outputs.report import save_png
 
 _GAP = 4
 
@@ -32,9 +32,9 @@ def image_panel(image_rgb: np.ndarray, gt: np.ndarray, anomaly_map: np.ndarray, 
 
 def save_image_panels(pred: TestPredictions, out_dir: Path, pixel_threshold: float) -> int:
     """One panel per test image under ``out_dir/<defect_type>/<stem>.png``; returns how many were written."""
-    size = pred.maps.shape[-1]
     for i, path in enumerate(pred.paths):
-        image = np.asarray(load_image(path).resize((size, size), Image.BILINEAR))
+        height, width = pred.maps[i].shape  # the network input, square or not
+        image = np.asarray(load_image(path).resize((width, height), Image.Resampling.BILINEAR))
         panel = image_panel(image, pred.masks[i], pred.maps[i], pixel_threshold)
         save_png(out_dir / pred.defect_types[i] / f"{Path(path).stem}.png", panel)
     return len(pred.paths)
@@ -79,7 +79,7 @@ def save_score_histogram(pred: TestPredictions, path: Path, image_threshold: flo
 
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = pred.labels.astype(bool)
-    bins = np.linspace(float(pred.scores.min()), float(pred.scores.max()) + 1e-12, 40)
+    bins = np.linspace(float(pred.scores.min()), float(pred.scores.max()) + 1e-12, 40).tolist()
     ax.hist(pred.scores[~labels], bins=bins, alpha=0.6, label=f"good ({(~labels).sum()})")
     ax.hist(pred.scores[labels], bins=bins, alpha=0.6, label=f"defective ({labels.sum()})")
     if math.isfinite(image_threshold):

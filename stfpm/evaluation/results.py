@@ -13,10 +13,10 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from stfpm.data import MVTecDataModule
-from stfpm.engine import run_inference
 from stfpm.data.io import as_hw
-from stfpm.lightning_model import STFPM
-from stfpm.metrics import aupro, auroc, f1_max, overlap_at_threshold, rates_at_threshold, tpr_at_fpr
+from stfpm.evaluation.metrics import aupro, auroc, f1_max, overlap_at_threshold, rates_at_threshold, tpr_at_fpr
+from stfpm.inference.engine import run_inference
+from stfpm.model.lightning_model import STFPM
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,10 @@ class _Collector(BasePredictionWriter):
         self.filled = np.zeros(n, bool)
         self.offset = 0
 
-    def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, *args: Any) -> None:  # type: ignore[no-untyped-def]
+    def write_on_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: dict[str, Any], batch_indices: Any,
+        *args: Any,
+    ) -> None:
         count = len(prediction["score"])
         if batch_indices is None:  # without a tracking sampler: batches arrive in order
             batch_indices = range(self.offset, self.offset + count)
@@ -98,6 +101,7 @@ def predict_test_split(model: STFPM, datamodule: MVTecDataModule, args: argparse
     process is the first (the one that reports).
     """
     datamodule.setup("test")
+    assert datamodule.test_dataset is not None
     n = len(datamodule.test_dataset)
     collector = _Collector(n, as_hw(model.hparams["image_size"]))
     trainer = run_inference(model, datamodule.test_dataloader(), args, [collector])

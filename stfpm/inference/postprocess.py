@@ -1,7 +1,7 @@
 """From a fused anomaly map to what a user looks at: source-size maps, binary masks, heatmaps.
 
 :class:`Postprocessor` is the one place where a map becomes a verdict and a mask; test.py's visual report,
-predict.py's writer and the importable :class:`stfpm.inference.Predictor` all use it, so a mask means the
+predict.py's writer and the importable :class:`stfpm.inference.predictor.Predictor` all use it, so a mask means the
 same thing everywhere.
 """
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stfpm.thresholding import ThresholdPolicy
+from stfpm.inference.thresholding import ThresholdPolicy
 
 
 def resize_map(anomaly_map: Tensor, size: tuple[int, int]) -> Tensor:
@@ -98,7 +98,7 @@ class Postprocessor:
 
     def __call__(self, anomaly_map: Tensor, score: float, source_size: tuple[int, int]) -> Prediction:
         """Resize the map [h,w] bilinearly to ``source_size`` (height, width), then threshold it."""
-        full = to_numpy(resize_map(anomaly_map, tuple(source_size)))
+        full = to_numpy(resize_map(anomaly_map, (int(source_size[0]), int(source_size[1]))))
         mask = binary_mask(full, self.policy.pixel, self.min_defect_area)
         return Prediction(float(score), self.policy.is_anomalous(score), full, mask)
 

@@ -1,6 +1,6 @@
 """`python predict.py`: binary defect masks and heatmaps for a folder (or file) of new images.
 
-The images go through the shared engine (:mod:`stfpm.engine`: Lightning's ``Trainer.predict``, so the device,
+The images go through the shared engine (:mod:`stfpm.inference.engine`: Lightning's ``Trainer.predict``, so the device,
 precision and several-process flags are train.py's and test.py's) and a Lightning prediction writer,
 :class:`MaskWriter`, that turns each map into a mask and a heatmap with the one :class:`Postprocessor`.
 
@@ -31,14 +31,20 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from stfpm.atomic import atomic_write_bytes, atomic_write_text
-from stfpm.checkpoint import describe_run, find_latest_checkpoint, find_latest_run, load_checkpoint
 from stfpm.config import integer, new_parser, parse_args, validate, writable_folder
 from stfpm.data import ImageTransform, list_images, load_image
-from stfpm.engine import add_engine_args, add_threshold_args, check_engine_args, run_inference, threshold_policy
 from stfpm.errors import DataError, ImageReadError, STFPMError
-from stfpm.postprocess import Postprocessor, Prediction
-from stfpm.report import save_image, save_png
+from stfpm.inference.engine import (
+    add_engine_args,
+    add_threshold_args,
+    check_engine_args,
+    run_inference,
+    threshold_policy,
+)
+from stfpm.inference.postprocess import Postprocessor, Prediction
+from stfpm.model.checkpoint import describe_run, find_latest_checkpoint, find_latest_run, load_checkpoint
+from stfpm.outputs.atomic import atomic_write_bytes, atomic_write_text
+from stfpm.outputs.report import save_image, save_png
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +213,8 @@ def finished_rows(
         if (row["image_threshold"], row["pixel_threshold"]) != policy_thresholds:
             raise STFPMError(
                 f"{output} holds outputs made with other thresholds (e.g. {target.relative}: image "
-                f"{row['image_threshold']:.6g}, pixel {row['pixel_threshold']:.6g}); pass --overwrite or choose another --output"
+                f"{row['image_threshold']:.6g}, pixel {row['pixel_threshold']:.6g}); "
+                "pass --overwrite or choose another --output"
             )
         done[target.relative] = row
     return done
@@ -266,12 +273,17 @@ class MaskWriter(BasePredictionWriter):
         self._journal = _journal(self.output, trainer.global_rank).open("a", buffering=1)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stfpm-writer")
 
-    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:  # type: ignore[no-untyped-def]
+    def on_predict_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if self.started is None:
             self.started = time.perf_counter()
 
-    def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch, batch_idx, dataloader_idx) -> None:  # type: ignore[no-untyped-def]
-        for index, message in prediction["errors"]:
+    def write_on_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any, batch_indices: Any,
+        batch: Any, batch_idx: int, dataloader_idx: int,
+    ) -> None:
+        for _, message in prediction["errors"]:
             log.warning("skipped %s", message)
             self.skipped += 1
             with self._lock:

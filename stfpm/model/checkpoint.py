@@ -12,10 +12,9 @@ from typing import Any
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 
-from stfpm.atomic import atomic_write_bytes
-
 from stfpm.errors import CheckpointError, STFPMError
-from stfpm.lightning_model import CHECKPOINT_KEY, STFPM
+from stfpm.model.lightning_model import CHECKPOINT_KEY, STFPM
+from stfpm.outputs.atomic import atomic_write_bytes
 
 CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")
 
@@ -77,7 +76,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} does not match its recorded architecture: {reason[:200]}") from exc
     model.hparams["teacher_weights"] = recorded_weights  # keep the record of where the teacher came from
     model.on_load_checkpoint(checkpoint)
-    model.checkpoint_path = str(path)
+    model.checkpoint_path = str(path)  # type: ignore[assignment]  # a plain attribute, for messages
     return model.to(map_location).eval()
 
 

@@ -8,15 +8,20 @@ import math
 from pathlib import Path
 from typing import Any
 
-from stfpm.checkpoint import describe_run, find_latest_checkpoint, find_latest_run, list_trained_categories, load_checkpoint
 from stfpm.config import new_parser, number, parse_args, validate, writable_folder
-from stfpm.data import MVTecDataModule
-from stfpm.engine import add_engine_args, add_threshold_args, check_engine_args, threshold_policy
+from stfpm.data import DEFAULT_DATA_ROOT, MVTecDataModule
 from stfpm.errors import CheckpointError
-from stfpm.evaluation import TestPredictions, compute_metrics, predict_test_split, undefined_metrics_note
-from stfpm.report import write_category_results, write_summary
-from stfpm.thresholding import ThresholdPolicy
-from stfpm.training import DEFAULT_DATA_ROOT
+from stfpm.evaluation.results import TestPredictions, compute_metrics, predict_test_split, undefined_metrics_note
+from stfpm.inference.engine import add_engine_args, add_threshold_args, check_engine_args, threshold_policy
+from stfpm.inference.thresholding import ThresholdPolicy
+from stfpm.model.checkpoint import (
+    describe_run,
+    find_latest_checkpoint,
+    find_latest_run,
+    list_trained_categories,
+    load_checkpoint,
+)
+from stfpm.outputs.report import write_category_results, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--category", help="category to evaluate (its latest run), or `all` (default: the latest run of any category)"
     )
     parser.add_argument("--checkpoint", help="evaluate this checkpoint instead of the latest run")
-    parser.add_argument("--data-root", help=f"dataset root (default: the one recorded at training, else {DEFAULT_DATA_ROOT})")
+    parser.add_argument(
+        "--data-root", help=f"dataset root (default: the one recorded at training, else {DEFAULT_DATA_ROOT})"
+    )
     parser.add_argument("--runs-dir", default="runs", help="where train.py wrote its runs (its --output-dir)")
     parser.add_argument("--output-dir", help="where results go (default: next to the checkpoint, in its run folder)")
     parser.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integrates up to this false positive rate")
@@ -44,7 +51,9 @@ def _run_dir(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
-def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, category: str | None, out_dir: Path | None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    args: argparse.Namespace, checkpoint: Path, category: str | None, out_dir: Path | None
+) -> dict[str, Any]:
     """Evaluate one checkpoint; write and print its results; return them."""
     model = load_checkpoint(checkpoint)
     category = category or model.run_info.get("category")
@@ -79,18 +88,19 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, category: st
     table = write_category_results(results, out_dir)
     if report.problems:
         report.save(out_dir / "data_problems_test.json")
-    print(f"\n{category} ({pred.maps.shape[0]} test images, checkpoint {checkpoint})\n{table}")
+    print(f"\n{category} ({len(pred.scores)} test images, checkpoint {checkpoint})\n{table}")
     note = undefined_metrics_note(results)
     if note:
         log.warning("%s: %s", category, note)
     if args.save_images:
-        _save_visuals(pred, results, out_dir, policy.or_else(results["image_f1_threshold"], results["pixel_f1_threshold"], "F1-optimal"))
+        fallback = policy.or_else(results["image_f1_threshold"], results["pixel_f1_threshold"], "F1-optimal")
+        _save_visuals(pred, results, out_dir, fallback)
     print(f"results: {out_dir / 'results.json'}")
     return results
 
 
 def _save_visuals(pred: TestPredictions, results: dict[str, Any], out_dir: Path, policy: ThresholdPolicy) -> None:
-    from stfpm.visual_report import save_image_panels, save_roc_curves, save_score_histogram
+    from stfpm.outputs.visual_report import save_image_panels, save_roc_curves, save_score_histogram
 
     threshold = policy.pixel
     if not math.isfinite(threshold):

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from stfpm.atomic import atomic_write_bytes, atomic_write_text
+from stfpm.outputs.atomic import atomic_write_bytes, atomic_write_text
 
 SUMMARY_COLUMNS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_f1_max")
 OPERATING_COLUMNS = (
@@ -93,7 +93,7 @@ def write_category_results(results: dict[str, Any], out_dir: Path) -> str:
 def summary_rows(all_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per category plus a mean row over the categories where each figure is defined."""
     rows = [{"category": r["category"], **{c: r[c] for c in ALL_COLUMNS}} for r in all_results]
-    mean = {"category": "mean"}
+    mean: dict[str, Any] = {"category": "mean"}
     for column in ALL_COLUMNS:
         values = [r[column] for r in rows if r[column] is not None and math.isfinite(r[column])]
         mean[column] = float(np.mean(values)) if values else math.nan
@@ -105,7 +105,10 @@ def write_summary(all_results: list[dict[str, Any]], out_dir: Path) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summary_rows(all_results)
     table = markdown_table(rows, ["category", *SUMMARY_COLUMNS])
-    table += "\nAt each model's decision thresholds (calibrated unless test.py was given others; see threshold_source in results.json):\n\n" + markdown_table(rows, ["category", *OPERATING_COLUMNS])
+    table += (
+        "\nAt each model's decision thresholds (calibrated unless test.py was given others; see threshold_source "
+        "in results.json):\n\n" + markdown_table(rows, ["category", *OPERATING_COLUMNS])
+    )
     atomic_write_text(out_dir / "results_all.json", json.dumps(_json_safe(rows), indent=2) + "\n")
     atomic_write_text(out_dir / "results_all.csv", _csv_text(rows, ["category", *ALL_COLUMNS]))
     atomic_write_text(out_dir / "results_all.md", table)

@@ -8,9 +8,9 @@ load unchanged), then cut after the deepest stage STFPM uses: nothing beyond it 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
@@ -137,7 +137,7 @@ class FrozenFeatureExtractor(FeatureExtractor):
         self.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> "FrozenFeatureExtractor":  # noqa: ARG002 - mode is ignored on purpose
+    def train(self, mode: bool = True) -> FrozenFeatureExtractor:  # noqa: ARG002 - mode is ignored on purpose
         return super().train(False)
 
 

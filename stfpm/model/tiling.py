@@ -41,6 +41,7 @@ class Tiler(nn.Module):
         coverage = torch.zeros(1, 1, *self.image_size)
         for y, x in self.positions:
             coverage[..., y: y + self.tile_size[0], x: x + self.tile_size[1]] += 1
+        self.coverage: Tensor
         self.register_buffer("coverage", coverage, persistent=False)
 
     @property

@@ -35,10 +35,11 @@ import urllib.parse
 import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from tqdm import tqdm
 
-from stfpm.categories import MVTEC_CATEGORIES
+from stfpm.data.categories import MVTEC_CATEGORIES
 from stfpm.errors import DownloadError, TransientDownloadError
 
 logger = logging.getLogger(__name__)
@@ -416,7 +417,7 @@ def extract_archive(
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=EXTRACT_TMP_PREFIX, dir=parent))
     root = os.path.realpath(tmp)
-    extract_kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    extract_kwargs: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     skipped: set[str] = set()
     extracted = 0
     try:

@@ -11,11 +11,11 @@ import torch
 from torch import Tensor
 
 from stfpm import __version__
-from stfpm.anomaly_map import layer_anomaly_maps
 from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, as_hw, size_record
-from stfpm.loss import stfpm_loss
-from stfpm.thresholding import CALIBRATIONS, calibrate, few_images_warning
-from stfpm.torch_model import STFPMModel
+from stfpm.inference.thresholding import CALIBRATIONS, calibrate, few_images_warning
+from stfpm.model.anomaly_map import layer_anomaly_maps
+from stfpm.model.loss import stfpm_loss
+from stfpm.model.torch_model import STFPMModel
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,13 @@ class STFPM(pl.LightningModule):
         self.hparams["layers"] = list(self.model.layers)
         self.hparams["image_size"] = size_record(as_hw(image_size))
         self.hparams["tile_size"] = None if tile_size is None else size_record(as_hw(tile_size))
+        self.image_threshold: Tensor
+        self.pixel_threshold: Tensor
         self.register_buffer("image_threshold", torch.tensor(math.nan))
         self.register_buffer("pixel_threshold", torch.tensor(math.nan))
         self.run_info: dict[str, str] = {}  # category and data root, recorded in checkpoints
-        self._val_levels: list[list[Tensor]] = []  # per batch, the per-level maps at their own resolution
+        # per validation batch: the per-level maps at their own resolution, and the images' dataset indices
+        self._val_levels: list[tuple[list[Tensor], Tensor]] = []
         self.warned_few = False  # the few-validation-images warning was given
         self._val_map_mean = math.nan
         self.validated_step = -1  # the optimizer step whose weights the stored thresholds were calibrated on
@@ -135,8 +138,8 @@ class STFPM(pl.LightningModule):
         levels = [torch.cat(level) for level in zip(*(lv for lv, _ in self._val_levels))]
         index = torch.cat([torch.as_tensor(i, device=levels[0].device) for _, i in self._val_levels])
         if self.trainer.world_size > 1:
-            levels = [self.all_gather(level).reshape(-1, *level.shape[1:]) for level in levels]
-            index = self.all_gather(index).reshape(-1)
+            levels = [_gathered(self.all_gather(level)).reshape(-1, *level.shape[1:]) for level in levels]
+            index = _gathered(self.all_gather(index)).reshape(-1)
             rows = self.model.anomaly_map.rows_per_image
             keep = _first_occurrences(index)
             if rows > 1:  # with tiling, each image owns `rows` consecutive rows of the level maps
@@ -191,6 +194,12 @@ class STFPM(pl.LightningModule):
     def thresholds(self) -> tuple[float, float]:
         """(image threshold, pixel threshold); NaN when the model was trained without validation images."""
         return float(self.image_threshold), float(self.pixel_threshold)
+
+
+def _gathered(value: Any) -> Tensor:
+    """``all_gather`` of one tensor is one tensor."""
+    assert isinstance(value, Tensor)
+    return value
 
 
 def _first_occurrences(index: Tensor) -> Tensor:

@@ -37,7 +37,7 @@ deterministic given the arguments: every image is drawn from its own generator s
 
 Command line::
 
-    python -m stfpm.data.synthetic --root ./data/demo_data --category demo
+    python -m stfpm.tools.synthetic --root ./data/demo_data --category demo
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -349,7 +349,7 @@ def _write_tree(target: Path, params: dict) -> None:
         path = target / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         _save_png(image, path)
-        if mask is not None:
+        if mask is not None and defect is not None:
             mask_path = target / "ground_truth" / defect / (Path(rel).stem + "_mask.png")
             mask_path.parent.mkdir(parents=True, exist_ok=True)
             _save_png(np.where(mask, 255, 0).astype(np.uint8), mask_path)
@@ -425,7 +425,7 @@ def make_synthetic_category(
     """
     defect_types = _check_args(category, image_size, n_train, n_test_good, n_test_per_defect, defect_types, seed)
     params = {
-        "generator": "stfpm.data.synthetic",
+        "generator": "stfpm.tools.synthetic",
         "version": _GENERATOR_VERSION,
         "category": category,
         "image_size": int(image_size),
@@ -495,7 +495,7 @@ def make_synthetic_category(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m stfpm.data.synthetic",
+        prog="python -m stfpm.tools.synthetic",
         description="Generate a small synthetic anomaly-detection category (woven fabric) in MVTec AD layout.",
     )
     parser.add_argument("--root", required=True, type=Path, help="folder that will contain the category")

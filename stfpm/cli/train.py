@@ -10,8 +10,8 @@ import re
 import signal
 import threading
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -20,20 +20,19 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from stfpm.backbones import PRESETS
-from stfpm.checkpoint import AtomicCheckpointIO, read_checkpoint, require_ours
 from stfpm.config import duration, grouped, integer, new_parser, number, parse_args, sizes, validate, writable_folder
-from stfpm.anomaly_map import FUSIONS
-from stfpm.data import MVTecDataModule, list_categories, resolve_category_dir, scan_train
+from stfpm.data import DEFAULT_DATA_ROOT, MVTecDataModule, list_categories, resolve_category_dir, scan_train
 from stfpm.data.io import as_hw, aspect_preserving_size, median_aspect, size_record
-from stfpm.engine import ENGINE_CHECKS, build_trainer
 from stfpm.errors import DataError
-from stfpm.lightning_model import STFPM
-from stfpm.thresholding import CALIBRATIONS, few_images_warning
+from stfpm.inference.engine import ENGINE_CHECKS, build_trainer
+from stfpm.inference.thresholding import CALIBRATIONS, few_images_warning
+from stfpm.model.anomaly_map import FUSIONS
+from stfpm.model.backbones import PRESETS
+from stfpm.model.checkpoint import AtomicCheckpointIO, read_checkpoint, require_ours
+from stfpm.model.lightning_model import STFPM
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_ROOT = "./data/mvtec_anomaly_detection"
 CHECKPOINT_METRICS = ("val_loss", "val_map_mean")
 
 
@@ -282,7 +281,7 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
         num_sanity_val_steps=0,
     )
     if trainer.is_global_zero:
-        csv_logger.experiment  # create the run folder through the logger first, so it starts out empty
+        _ = csv_logger.experiment  # create the run folder through the logger first, so it starts out empty
         (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "category": category}, sort_keys=False))
         if preflight.problems:
             preflight.save(run_dir / "data_problems_train.json")
@@ -337,7 +336,9 @@ def check_args(args: argparse.Namespace) -> None:
     writable_folder(args.output_dir, "--output-dir")
     weights = args.teacher_weights
     if weights not in (None, "imagenet", "random") and not Path(weights).expanduser().is_file():
-        raise DataError(f"--teacher-weights {weights} does not exist (pass imagenet, random or a torchvision state_dict file)")
+        raise DataError(
+            f"--teacher-weights {weights} does not exist (pass imagenet, random or a torchvision state_dict file)"
+        )
     if args.resume and not Path(args.resume).expanduser().is_file():
         raise DataError(f"--resume {args.resume} does not exist (pass a run's checkpoints/last.ckpt)")
 
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and len(categories) > 1:
         parser.error("--resume needs a single --category")
     results = {category: train_category(args, category, config) for category in categories}
-    if rank_zero_only.rank == 0:  # under DDP every process gets here; one report is enough
+    if getattr(rank_zero_only, "rank", 0) == 0:  # under DDP every process gets here; one report is enough
         for category, path in results.items():
             print(f"{category}: {path}")
     return 0

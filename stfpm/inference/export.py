@@ -4,7 +4,7 @@ The exported network takes RGB images already resized to the training size, as f
 ([B,3,H,W]); ImageNet normalisation is built in. It returns the anomaly maps [B,1,H,W] and image scores [B],
 computed by the same :meth:`STFPMModel.predict` as test.py and predict.py. The normalisation is the data
 pipeline's own :class:`~stfpm.data.io.Normalize`; the resize is left to the deployment and stated exactly in the
-JSON file beside the network, with the thresholds (a :class:`~stfpm.thresholding.ThresholdPolicy`) and backbones.
+JSON file beside the network, with the thresholds (a :class:`~stfpm.inference.thresholding.ThresholdPolicy`) and backbones.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from stfpm.atomic import atomic_write_text
 from stfpm.data.io import Normalize, as_hw
 from stfpm.errors import STFPMError
-from stfpm.lightning_model import STFPM
-from stfpm.thresholding import ThresholdPolicy
-from stfpm.torch_model import STFPMModel
+from stfpm.inference.thresholding import ThresholdPolicy
+from stfpm.model.lightning_model import STFPM
+from stfpm.model.torch_model import STFPMModel
+from stfpm.outputs.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ threshold calibration all go through it, so a setting changes every path at once
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stfpm.tiling import Tiler
+from stfpm.model.tiling import Tiler
 
 FUSIONS = ("product", "sum")
 """``product``: the official fusion, levels multiplied. ``sum``: each level divided by its mean on the
@@ -61,11 +61,13 @@ class AnomalyMapGenerator(nn.Module):
             raise ValueError(f"smoothing sigma must be >= 0, got {sigma}")
         self.fusion = fusion
         self.sigma = float(sigma)
+        self.level_scale: Tensor
+        self.kernel: Tensor
         self.register_buffer("level_scale", torch.ones(num_levels))
         self.register_buffer("kernel", gaussian_kernel(sigma) if sigma > 0 else torch.ones(1), persistent=False)
         self.tiler = tiler
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # checkpoints written before per-level scaling existed hold no level_scale: they used the product, scale 1
         state_dict.setdefault(prefix + "level_scale", torch.ones_like(self.level_scale))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -110,7 +110,7 @@ class ThresholdPolicy:
         image: float | None = None,
         pixel: float | None = None,
         results_json: str | Path | None = None,
-    ) -> "ThresholdPolicy":
+    ) -> ThresholdPolicy:
         """Explicit values first, then the F1-optimal ones of a test.py ``results.json``, then ``calibrated``
         (the checkpoint's, fitted on validation normals), each chosen per threshold."""
         chosen: dict[str, tuple[float, str]] = {}
@@ -126,12 +126,13 @@ class ThresholdPolicy:
         source = sources.pop() if len(sources) == 1 else f"image {chosen['image'][1]}, pixel {chosen['pixel'][1]}"
         return cls(chosen["image"][0], chosen["pixel"][0], source)
 
-    def or_else(self, image: float | None, pixel: float | None, source: str) -> "ThresholdPolicy":
+    def or_else(self, image: float | None, pixel: float | None, source: str) -> ThresholdPolicy:
         """This policy with each undefined (NaN) threshold replaced by the given one, e.g. test.py's F1-optimal
         thresholds for its panels when a checkpoint has no calibrated ones."""
         def pick(own: float, other: float | None) -> tuple[float, bool]:
-            usable = other is not None and not math.isnan(other)
-            return (float(other), True) if math.isnan(own) and usable else (own, False)
+            if other is None or math.isnan(other) or not math.isnan(own):
+                return own, False
+            return float(other), True
 
         (new_image, a), (new_pixel, b) = pick(self.image, image), pick(self.pixel, pixel)
         return ThresholdPolicy(new_image, new_pixel, f"{self.source}, else {source}" if a or b else self.source)
@@ -141,7 +142,7 @@ class ThresholdPolicy:
         """Whether both thresholds are numbers (a model trained without validation images has none)."""
         return not (math.isnan(self.image) or math.isnan(self.pixel))
 
-    def require_defined(self) -> "ThresholdPolicy":
+    def require_defined(self) -> ThresholdPolicy:
         """This policy, or a one-line error saying how to supply the missing thresholds."""
         if not self.defined:
             raise STFPMError(

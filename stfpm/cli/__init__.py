@@ -1,11 +1,16 @@
-"""Shared plumbing of the command-line entry points: logging and one-line errors."""
+"""The command-line entry points (one module each: train, test, predict, export, download) and their shared
+plumbing: logging and the error convention (`error: <one line>` on stderr, exit code 2, no traceback).
+
+The functions at the end are the console scripts of pyproject.toml (`stfpm-train`, ...); the top-level
+`train.py`, `test.py` and `predict.py` call the same mains.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 from stfpm.errors import STFPMError
 
@@ -41,3 +46,33 @@ def run(
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+
+
+def train() -> int:
+    from stfpm.cli.train import main
+
+    return run(main)
+
+
+def test() -> int:
+    from stfpm.cli.test import main
+
+    return run(main)
+
+
+def predict() -> int:
+    from stfpm.cli.predict import main
+
+    return run(main)
+
+
+def export() -> int:
+    from stfpm.cli.export import main
+
+    return run(main)
+
+
+def download() -> int:
+    from stfpm.cli.download import main
+
+    return run(main)

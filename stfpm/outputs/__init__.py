@@ -1,0 +1,1 @@
+"""What runs write: result tables, visual reports, atomic file writes."""
