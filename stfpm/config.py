@@ -1,8 +1,15 @@
-"""YAML configuration files with command-line overrides, shared by train.py, test.py and predict.py.
+"""Options, declared once per command and grouped in named sections; YAML files; argument checks.
 
-Order of precedence, lowest first: the defaults declared on the argument parser, the YAML file given with
-``--config`` (keys may be grouped in sections such as ``model:`` or ``trainer:``; sections are flattened),
-then every flag typed on the command line.
+Every option is declared once, on its command's parser, inside a *section* (``data``, ``model``, ``optimizer``,
+``trainer`` for train.py; ``test``, ``predict``, ``export``; ``engine`` and ``thresholds`` shared by test.py
+and predict.py). The section names are the YAML sections: a config file holds any of them, each command reads
+its own sections and leaves the others' to them, so train.py, test.py and predict.py read the same files
+(``configs/*.yaml``, or a run's saved ``config.yaml``). An unknown section, or an unknown key inside a section
+of the command, is a one-line error. Precedence, lowest first: the parser's defaults, the YAML file given with
+``--config``, the flags typed on the command line.
+
+argparse (not jsonargparse/LightningCLI): those derive ``--image_size`` from a signature, with values as
+``--image_size [64,64]``; the flags our users type are ``--image-size 64 64`` and ``--keep-aspect``.
 """
 
 from __future__ import annotations
@@ -19,36 +26,68 @@ import yaml
 
 from stfpm.errors import ConfigError
 
-__all__ = ["ConfigError", "Parser", "new_parser", "parse_args", "validate"]
+__all__ = ["SECTIONS", "ConfigError", "Parser", "Section", "new_parser", "parse_args", "validate"]
+
+SECTIONS: dict[str, str] = {
+    "data": "train.py: the dataset, input size, split and loading",
+    "model": "train.py: networks, maps and threshold calibration",
+    "optimizer": "train.py: SGD",
+    "trainer": "train.py: length, seed, devices, output",
+    "test": "test.py: what to evaluate and where the results go",
+    "predict": "predict.py: what to predict and what to write",
+    "export": "scripts/export.py",
+    "engine": "test.py and predict.py: devices, precision, batching",
+    "thresholds": "test.py, predict.py and export: the decision thresholds",
+}
+"""Every section a config file may hold, and who reads it."""
+
+
+class Section:
+    """A named group of options; remembers which options it declared (through argparse's public return value)."""
+
+    def __init__(self, parser: Parser, name: str, group: argparse._ArgumentGroup) -> None:
+        self.parser, self.name, self.group = parser, name, group
+
+    def add_argument(self, *flags: str, **kwargs: Any) -> argparse.Action:
+        action = self.group.add_argument(*flags, **kwargs)
+        self.parser.sections[self.name].append(action.dest)
+        return action
+
+    def add_mutually_exclusive_group(self) -> Section:
+        exclusive = self.group.add_mutually_exclusive_group()
+        return Section(self.parser, self.name, exclusive)
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with the project's error convention: ``error: <one line>`` on stderr and exit code 2."""
+    """argparse with named sections and the project's error convention: ``error: <one line>`` on stderr, exit 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sections: dict[str, list[str]] = {}
+
+    def section(self, name: str) -> Section:
+        if name not in SECTIONS:
+            raise ValueError(f"unknown section {name!r}")
+        if name not in self.sections:
+            self.sections[name] = []
+            self._section_groups = getattr(self, "_section_groups", {})
+            self._section_groups[name] = self.add_argument_group(f"{name} ({SECTIONS[name]})")
+        return Section(self, name, self._section_groups[name])
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def new_parser(description: str) -> argparse.ArgumentParser:
+def new_parser(description: str) -> Parser:
     """An entry point's parser with the options every script shares: ``--config`` and ``--verbose``."""
     parser = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", help="YAML file of defaults (see configs/); flags override it")
+    parser.add_argument("--config", help="YAML file (sections as in configs/*.yaml); flags override it")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser
 
 
-def _flatten(mapping: dict[str, Any], source: Path) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, source))
-        else:
-            flat[str(key).replace("-", "_")] = value
-    return flat
-
-
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a flat ``{option: value}`` mapping."""
+    """Read a YAML config file: a mapping of sections (or of top-level options)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -57,37 +96,46 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of options")
-    return _flatten(data, path)
+        raise ConfigError(f"config file {path} must hold a mapping of sections (data:, model:, ...) or options")
+    return data
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+def config_values(parser: Parser, data: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """The options of ``parser`` that a config file sets; other commands' sections are left to them."""
+    own = {dest for dests in parser.sections.values() for dest in dests}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if isinstance(value, dict):
+            if name not in SECTIONS:
+                raise ConfigError(f"unknown section {key!r} in {source}; sections are {', '.join(SECTIONS)}")
+            if name not in parser.sections:
+                continue  # another command's section
+            for option, option_value in value.items():
+                dest = str(option).replace("-", "_")
+                if dest not in parser.sections[name]:
+                    raise ConfigError(f"unknown option {option!r} in section {key!r} of {source}")
+                values[dest] = option_value
+        elif name in own:
+            values[name] = value
+        else:
+            raise ConfigError(f"unknown option {key!r} in {source} (options go in sections: {', '.join(SECTIONS)})")
+    return values
+
+
+def parse_args(parser: Parser, argv: list[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` with the YAML file named by ``--config`` (if any) as defaults."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     if known.config:
-        values = load_yaml(known.config)
-        dests = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - dests)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)} in {known.config}")
-        parser.set_defaults(**values)
+        parser.set_defaults(**config_values(parser, load_yaml(known.config), known.config))
     return parser.parse_args(argv)
 
 
-def grouped(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """The resolved options grouped by the parser's argument groups, for saving next to a run."""
-    out: dict[str, dict[str, Any]] = {}
-    for group in parser._action_groups:
-        values = {
-            a.dest: getattr(args, a.dest)
-            for a in group._group_actions
-            if a.dest not in ("help", "config") and hasattr(args, a.dest)
-        }
-        if values:
-            out[group.title or "options"] = values
-    return out
+def grouped(parser: Parser, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The resolved options by section, as a config file holds them (saved next to a run; ``--config`` reads it)."""
+    return {name: {dest: getattr(args, dest) for dest in dests} for name, dests in parser.sections.items() if dests}
 
 
 def parse_devices(value: str | int | list[int]) -> str | int | list[int]:

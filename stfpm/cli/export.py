@@ -13,9 +13,10 @@ from stfpm.model.checkpoint import load_checkpoint
 
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint written by train.py")
-    parser.add_argument("--output", required=True, help="file to write (metadata goes to OUTPUT.json)")
-    parser.add_argument(
+    options = parser.section("export")
+    options.add_argument("--checkpoint", required=True, help="checkpoint written by train.py")
+    options.add_argument("--output", required=True, help="file to write (metadata goes to OUTPUT.json)")
+    options.add_argument(
         "--format", default="exported_program", choices=FORMATS,
         help="exported_program (torch.export, .pt2), torchscript (deprecated by PyTorch) or onnx",
     )

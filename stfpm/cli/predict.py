@@ -31,7 +31,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from stfpm.config import integer, new_parser, parse_args, validate, writable_folder
+from stfpm.config import Parser, integer, new_parser, parse_args, validate, writable_folder
 from stfpm.data import ImageTransform, list_images, load_image
 from stfpm.errors import DataError, ImageReadError, STFPMError
 from stfpm.inference.engine import (
@@ -54,27 +54,28 @@ HEATMAP_FORMATS = ("jpg", "png", "none")
 MAX_PENDING_WRITES = 64
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     parser = new_parser("Write black/white defect masks (0/255) and heatmaps for new images.")
-    parser.add_argument("--checkpoint", help="checkpoint written by train.py")
-    parser.add_argument(
+    options = parser.section("predict")
+    options.add_argument("--checkpoint", help="checkpoint written by train.py")
+    options.add_argument(
         "--category", help="use the latest run of this category (default: the latest run of any category)"
     )
-    parser.add_argument("--runs-dir", default="runs", help="where train.py wrote its runs")
-    parser.add_argument("--input", required=False, help="an image file or a folder (searched recursively)")
-    parser.add_argument("--output", default="predictions", help="output folder (mirrors the input's sub-folders)")
-    existing = parser.add_mutually_exclusive_group()
+    options.add_argument("--runs-dir", default="runs", help="where train.py wrote its runs")
+    options.add_argument("--input", required=False, help="an image file or a folder (searched recursively)")
+    options.add_argument("--output", default="predictions", help="output folder (mirrors the input's sub-folders)")
+    existing = options.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     existing.add_argument(
         "--resume", action="store_true", help="continue an interrupted run: skip images whose outputs are complete"
     )
-    parser.add_argument("--min-defect-area", type=int, default=0, help="drop mask blobs smaller than N pixels")
-    parser.add_argument(
+    options.add_argument("--min-defect-area", type=int, default=0, help="drop mask blobs smaller than N pixels")
+    options.add_argument(
         "--heatmap-format", default="jpg", choices=HEATMAP_FORMATS,
         help="heatmap files: jpg (about 13x faster to write and 6x smaller than png), png (lossless) or none",
     )
-    parser.add_argument("--save-raw", action="store_true", help="also write the float32 anomaly map as .npy")
-    parser.add_argument("--json", action="store_true", help="also write predictions.json")
+    options.add_argument("--save-raw", action="store_true", help="also write the float32 anomaly map as .npy")
+    options.add_argument("--json", action="store_true", help="also write predictions.json")
     add_threshold_args(parser)
     add_engine_args(parser, batch_size=16)
     return parser

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from stfpm.config import new_parser, number, parse_args, validate, writable_folder
+from stfpm.config import Parser, new_parser, number, parse_args, validate, writable_folder
 from stfpm.data import DEFAULT_DATA_ROOT, MVTecDataModule
 from stfpm.errors import CheckpointError
 from stfpm.evaluation.results import TestPredictions, compute_metrics, predict_test_split, undefined_metrics_note
@@ -26,20 +26,21 @@ from stfpm.outputs.report import write_category_results, write_summary
 log = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     parser = new_parser("Evaluate STFPM on the test split: image/pixel AUROC, pixel AUPRO, F1-max, per defect type.")
-    parser.add_argument(
+    options = parser.section("test")
+    options.add_argument(
         "--category", help="category to evaluate (its latest run), or `all` (default: the latest run of any category)"
     )
-    parser.add_argument("--checkpoint", help="evaluate this checkpoint instead of the latest run")
-    parser.add_argument(
+    options.add_argument("--checkpoint", help="evaluate this checkpoint instead of the latest run")
+    options.add_argument(
         "--data-root", help=f"dataset root (default: the one recorded at training, else {DEFAULT_DATA_ROOT})"
     )
-    parser.add_argument("--runs-dir", default="runs", help="where train.py wrote its runs (its --output-dir)")
-    parser.add_argument("--output-dir", help="where results go (default: next to the checkpoint, in its run folder)")
-    parser.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integrates up to this false positive rate")
-    parser.add_argument("--save-images", action="store_true", help="also write per-image panels, ROC and histogram")
-    parser.add_argument(
+    options.add_argument("--runs-dir", default="runs", help="where train.py wrote its runs (its --output-dir)")
+    options.add_argument("--output-dir", help="where results go (default: next to the checkpoint, in its run folder)")
+    options.add_argument("--fpr-limit", type=float, default=0.3, help="AUPRO integrates up to this false positive rate")
+    options.add_argument("--save-images", action="store_true", help="also write per-image panels, ROC and histogram")
+    options.add_argument(
         "--strict", action="store_true", help="stop on any data problem instead of leaving unusable files out"
     )
     add_threshold_args(parser)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import logging
 import os
 import re
@@ -20,7 +21,18 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from stfpm.config import duration, grouped, integer, new_parser, number, parse_args, sizes, validate, writable_folder
+from stfpm.config import (
+    Parser,
+    duration,
+    grouped,
+    integer,
+    new_parser,
+    number,
+    parse_args,
+    sizes,
+    validate,
+    writable_folder,
+)
 from stfpm.data import DEFAULT_DATA_ROOT, MVTecDataModule, list_categories, resolve_category_dir, scan_train
 from stfpm.data.io import as_hw, aspect_preserving_size, median_aspect, size_record
 from stfpm.errors import DataError
@@ -34,15 +46,18 @@ from stfpm.model.lightning_model import STFPM
 log = logging.getLogger(__name__)
 
 CHECKPOINT_METRICS = ("val_loss", "val_map_mean")
+MODEL = {name: p.default for name, p in inspect.signature(STFPM.__init__).parameters.items() if name != "self"}
+"""The model's options and their defaults, declared once: in the signature of :class:`STFPM`. The model, optimizer
+and map flags take their defaults from it, and :func:`_model_kwargs` passes every one of them back."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     parser = new_parser("Train STFPM on one category (or `all`) of an MVTec-AD-layout dataset.")
-    data = parser.add_argument_group("data")
+    data = parser.section("data")
     data.add_argument("--category", help="category folder name under --data-root, or `all`")
     data.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="dataset root in MVTec AD layout")
     data.add_argument(
-        "--image-size", type=int, nargs="+", default=256, metavar="SIZE",
+        "--image-size", type=int, nargs="+", default=MODEL["image_size"], metavar="SIZE",
         help="network input: S (S x S, or about S*S pixels with --keep-aspect) or H W",
     )
     data.add_argument(
@@ -53,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile-size", type=int, nargs="+", metavar="SIZE",
         help="cut each input into overlapping tiles of S (or H W) pixels, each seen by the networks on its own",
     )
-    data.add_argument("--tile-overlap", type=float, default=0.25, help="share of a tile overlapping its neighbour")
+    data.add_argument(
+        "--tile-overlap", type=float, default=MODEL["tile_overlap"], help="share of a tile overlapping its neighbour"
+    )
     data.add_argument("--batch-size", type=int, default=32)
     data.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="data loading processes")
     data.add_argument("--val-fraction", type=float, default=0.2, help="share of train/good held out for validation")
@@ -64,34 +81,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-metric", default="val_loss", choices=list(CHECKPOINT_METRICS),
         help="best.ckpt has the lowest: val_loss (ours) or val_map_mean (mean validation anomaly map, the official code's)",
     )
-    model = parser.add_argument_group("model")
-    model.add_argument("--backbone", default="resnet152", choices=list(PRESETS), help="teacher architecture")
+    model = parser.section("model")
+    model.add_argument("--backbone", default=MODEL["backbone"], choices=list(PRESETS), help="teacher architecture")
     model.add_argument(
         "--student-backbone", choices=list(PRESETS), help="student architecture (default: same as the teacher)"
     )
     model.add_argument("--layers", nargs="+", help="feature levels (default: the backbone's three, e.g. layer1-3)")
     model.add_argument(
         "--teacher-weights",
-        default="imagenet",
+        default=MODEL["teacher_weights"],
         help="`imagenet` (torchvision download), PATH to a local torchvision state_dict, or `random` (tests only)",
     )
-    model.add_argument("--image-threshold-quantile", type=float, default=0.99, help="of validation image scores")
-    model.add_argument("--pixel-threshold-quantile", type=float, default=0.999, help="of validation map pixels")
     model.add_argument(
-        "--calibration", default="empirical", choices=list(CALIBRATIONS),
+        "--image-threshold-quantile", type=float, default=MODEL["image_threshold_quantile"],
+        help="of validation image scores",
+    )
+    model.add_argument(
+        "--pixel-threshold-quantile", type=float, default=MODEL["pixel_threshold_quantile"],
+        help="of validation map pixels",
+    )
+    model.add_argument(
+        "--calibration", default=MODEL["calibration"], choices=list(CALIBRATIONS),
         help="image threshold: the empirical quantile of validation scores, or the quantile of a fitted Gumbel",
     )
-    model.add_argument("--map-fusion", default="product", choices=list(FUSIONS), help="how pyramid levels are fused")
-    model.add_argument("--map-sigma", type=float, default=0.0, help="Gaussian smoothing of the map, in input pixels")
     model.add_argument(
-        "--hard-fraction", type=float, default=1.0,
+        "--map-fusion", default=MODEL["map_fusion"], choices=list(FUSIONS), help="how pyramid levels are fused"
+    )
+    model.add_argument(
+        "--map-sigma", type=float, default=MODEL["map_sigma"], help="Gaussian smoothing of the map, in input pixels"
+    )
+    model.add_argument(
+        "--hard-fraction", type=float, default=MODEL["hard_fraction"],
         help="train on this share of feature positions with the largest teacher-student difference (1: all, as the paper)",
     )
-    optim = parser.add_argument_group("optimizer")
-    optim.add_argument("--lr", type=float, default=0.4)
-    optim.add_argument("--momentum", type=float, default=0.9)
-    optim.add_argument("--weight-decay", type=float, default=1e-4)
-    trainer = parser.add_argument_group("trainer")
+    optim = parser.section("optimizer")
+    optim.add_argument("--lr", type=float, default=MODEL["lr"])
+    optim.add_argument("--momentum", type=float, default=MODEL["momentum"])
+    optim.add_argument("--weight-decay", type=float, default=MODEL["weight_decay"])
+    trainer = parser.section("trainer")
     trainer.add_argument("--epochs", type=int, default=100)
     trainer.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (-1: no limit)")
     trainer.add_argument("--max-time", help="stop after this much training time, DD:HH:MM:SS (e.g. 00:08:00:00)")
@@ -137,24 +164,9 @@ def check_tiles(image_size: tuple[int, int], tile_size: int | list[int] | None) 
 
 
 def _model_kwargs(args: argparse.Namespace, image_size: tuple[int, int]) -> dict:
-    return dict(
-        backbone=args.backbone,
-        student_backbone=args.student_backbone,
-        layers=args.layers,
-        teacher_weights=args.teacher_weights,
-        image_size=size_record(image_size),
-        tile_size=args.tile_size,
-        tile_overlap=args.tile_overlap,
-        hard_fraction=args.hard_fraction,
-        calibration=args.calibration,
-        map_fusion=args.map_fusion,
-        map_sigma=args.map_sigma,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        image_threshold_quantile=args.image_threshold_quantile,
-        pixel_threshold_quantile=args.pixel_threshold_quantile,
-    )
+    """Every :class:`STFPM` option from the parsed flags (mean/std, which have no flag, keep their defaults)."""
+    kwargs = {name: getattr(args, name) for name in MODEL if hasattr(args, name)}
+    return {**kwargs, "image_size": size_record(image_size)}
 
 
 def _resumed_model(path: Path, args: argparse.Namespace) -> STFPM:
@@ -222,6 +234,11 @@ def _finish_inside_epoch(trainer: pl.Trainer, model: STFPM, datamodule: MVTecDat
     trainer.save_checkpoint(last)
 
 
+def _run_config(config: dict[str, dict], category: str) -> dict[str, dict]:
+    """The resolved options of one category's run, by section: `--config` of any command reads it back."""
+    return {**config, "data": {**config["data"], "category": category}, "trainer": {**config["trainer"], "resume": None}}
+
+
 def train_category(args: argparse.Namespace, category: str, config: dict) -> Path:
     """Fit one category; return the path of its best checkpoint."""
     pl.seed_everything(args.seed, workers=True, verbose=False)
@@ -282,7 +299,7 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
     )
     if trainer.is_global_zero:
         _ = csv_logger.experiment  # create the run folder through the logger first, so it starts out empty
-        (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "category": category}, sort_keys=False))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(_run_config(config, category), sort_keys=False))
         if preflight.problems:
             preflight.save(run_dir / "data_problems_train.json")
     log.info("training %s -> %s", category, run_dir)
@@ -349,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.category:
         parser.error("--category is required (a folder name under --data-root, or `all`)")
     check_args(args)
-    config = {k: v for section in grouped(parser, args).values() for k, v in section.items()}
+    config = grouped(parser, args)
     categories = list_categories(args.data_root) if args.category == "all" else [args.category]
     if not categories:
         if not Path(args.data_root).is_dir():

@@ -18,7 +18,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from stfpm.config import existing_file, finite, integer, parse_devices, validate
+from stfpm.config import Parser, existing_file, finite, integer, parse_devices, validate
 from stfpm.errors import STFPMError
 from stfpm.inference.thresholding import ThresholdPolicy
 from stfpm.model.lightning_model import STFPM
@@ -26,9 +26,9 @@ from stfpm.model.lightning_model import STFPM
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "bf16", "16")
 
 
-def add_engine_args(parser: argparse.ArgumentParser, batch_size: int) -> None:
+def add_engine_args(parser: Parser, batch_size: int) -> None:
     """Device, precision and batching flags shared by test.py and predict.py (same names as train.py's)."""
-    group = parser.add_argument_group("engine")
+    group = parser.section("engine")
     group.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto, ...")
     group.add_argument("--devices", default="1", help="a count (2), indices (0,1) or auto")
     group.add_argument("--strategy", default="auto", help="auto, ddp, ... (ddp splits the images over --devices)")
@@ -40,9 +40,9 @@ def add_engine_args(parser: argparse.ArgumentParser, batch_size: int) -> None:
     group.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="image decoding processes")
 
 
-def add_threshold_args(parser: argparse.ArgumentParser) -> None:
-    """The threshold-policy flags (see :meth:`ThresholdPolicy.resolve`)."""
-    group = parser.add_argument_group("thresholds (default: the calibrated ones stored in the checkpoint)")
+def add_threshold_args(parser: Parser) -> None:
+    """The threshold-policy flags (see :meth:`ThresholdPolicy.resolve`); default: the checkpoint's calibrated ones."""
+    group = parser.section("thresholds")
     group.add_argument("--threshold", type=float, help="pixel threshold: a map value >= it is a defect pixel")
     group.add_argument("--image-threshold", type=float, help="image threshold: a score >= it is an anomalous image")
     group.add_argument("--thresholds-from", help="results.json of test.py: use its F1-optimal thresholds")

@@ -38,7 +38,7 @@ def test_export_script_records_the_threshold_policy(trained_run, tmp_path) -> No
     import sys
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     out = tmp_path / "m.pt2"
     done = subprocess.run([sys.executable, str(repo / "scripts" / "export.py"), "--checkpoint",
                            str(trained_run["checkpoint"]), "--output", str(out), "--threshold", "0.25"],

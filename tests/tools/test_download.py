@@ -25,7 +25,7 @@ import pytest
 from stfpm.errors import DownloadError
 from stfpm.tools.download import EXTRACT_TMP_PREFIX, download_file, download_mvtec, extract_archive
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "download_mvtec.py"
 
 # MVTec-like layout: category/split/defect/file.png (contents are random bytes: incompressible, so that a

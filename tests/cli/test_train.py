@@ -64,7 +64,8 @@ def test_train_py_writes_a_loadable_run(trained_run) -> None:
     run_dir = trained_run["run_dir"]
     assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["category"] == "tiny" and config["backbone"] == "resnet18" and config["lr"] == 0.4
+    assert config["data"]["category"] == "tiny" and config["model"]["backbone"] == "resnet18"
+    assert config["optimizer"]["lr"] == 0.4 and set(config) == {"data", "model", "optimizer", "trainer"}
     assert (run_dir / "metrics.csv").is_file()
     model = load_checkpoint(trained_run["checkpoint"])
     assert model.run_info["category"] == "tiny"
@@ -114,7 +115,7 @@ def test_yaml_config_is_overridden_by_flags(tiny_data, tmp_path) -> None:
         "--output-dir", str(tmp_path / "runs"), *TRAIN_ARGS, "--max-steps", "1",
     ]) == 0
     saved = yaml.safe_load((tmp_path / "runs" / "tiny" / "version_0" / "config.yaml").read_text())
-    assert saved["lr"] == 0.02 and saved["momentum"] == 0.5
+    assert saved["optimizer"]["lr"] == 0.02 and saved["optimizer"]["momentum"] == 0.5
 
 
 def test_resume_continues_in_the_same_run(tiny_data, tmp_path) -> None:
@@ -175,7 +176,7 @@ def test_ddp_on_two_cpu_processes_gathers_validation_for_thresholds(data_copy, t
     good = data_copy / "tiny" / "train" / "good"
     for i, path in enumerate(sorted(good.glob("*.png"))[:5]):
         shutil.copy(path, good / f"extra_{i}.png")
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     argv = [sys.executable, str(repo / "train.py"), "--category", "tiny", "--data-root", str(data_copy),
             "--output-dir", str(tmp_path), *TRAIN_ARGS, "--epochs", "1", "--devices", "2", "--strategy", "ddp"]
     done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=600)

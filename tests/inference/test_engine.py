@@ -21,7 +21,7 @@ from stfpm.cli.predict import main as predict_main
 from stfpm.errors import STFPMError
 from stfpm.inference.thresholding import ThresholdPolicy
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_policy_precedence_explicit_then_results_then_calibrated(tmp_path) -> None:

@@ -15,7 +15,7 @@ from conftest import TRAIN_ARGS
 from stfpm.cli.test import main as evaluate
 from stfpm.cli.train import main as train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # train.py with every training step slowed down, so that a kill lands inside an epoch
 SLOW_TRAIN = """

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet_dequant.pth"
 BATTERY = SHARED / "data" / "battery_weld"
 
