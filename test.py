@@ -3,8 +3,7 @@
 
 import sys
 
-from stfpm.cli import run
-from stfpm.cli.test import main
+from stfpm.cli.test import cli
 
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(cli())

@@ -33,7 +33,7 @@ from stfpm.data.io import as_hw
 from stfpm.evaluation.metrics import overlap_at_threshold
 from stfpm.evaluation.results import TestPredictions, compute_metrics
 from stfpm.inference.postprocess import resize_map
-from stfpm.model.anomaly_map import AnomalyMapGenerator
+from stfpm.model.anomaly_map import NORMALIZATIONS, AnomalyMapGenerator
 from stfpm.model.checkpoint import find_latest_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,8 +147,10 @@ def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path
     labels = np.array([s.label for s in samples], np.int8)
     has_mask = np.array([s.label == 0 or s.mask_path is not None for s in samples])
     rows = []
-    for fusion, sigma, calibration in itertools.product(FUSION, SIGMAS, CALIBRATIONS):
-        model.model.anomaly_map = AnomalyMapGenerator(len(val_levels), fusion, sigma, model.model.tiler)
+    for fusion, sigma, calibration, normalization in itertools.product(FUSION, SIGMAS, CALIBRATIONS, NORMALIZATIONS):
+        model.model.anomaly_map = AnomalyMapGenerator(
+            len(val_levels), fusion, sigma, model.model.tiler, normalization, size
+        )
         model.hparams["calibration"] = calibration
         image_thr, pixel_thr = model.calibrate_on(val_levels, size)
         maps, scores = model.model.anomaly_map(test_levels, size)
@@ -169,7 +171,7 @@ def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path
         figures["good_pixel_fpr_at_threshold"] = (
             float(np.mean(np.concatenate([g.ravel() for g in good]) >= pixel_thr)) if good else math.nan
         )
-        rows.append({"fusion": fusion, "sigma": sigma, "calibration": calibration,
+        rows.append({"fusion": fusion, "sigma": sigma, "calibration": calibration, "normalization": normalization,
                      **{k: figures[k] for k in FIGURES}})
     return rows, infer_ips
 
@@ -218,18 +220,20 @@ COLUMNS = {  # results key -> short column name
 def report(args: argparse.Namespace) -> str:
     """One Markdown table per data set: mean ± sd over seeds of every recipe and map setting."""
     rows = [json.loads(line) for line in (Path(args.out) / "results.jsonl").read_text().splitlines()]
-    setting = lambda r: (r["recipe"], r["image_size"], r["epochs"], r["fusion"], r["sigma"], r["calibration"])  # noqa: E731
+    setting = lambda r: (  # noqa: E731
+        r["recipe"], r["image_size"], r["epochs"], r["fusion"], r["sigma"], r["calibration"], r.get("normalization", "none")
+    )
     out = []
     for dataset in sorted({r["dataset"] for r in rows}):
         subset = [r for r in rows if r["dataset"] == dataset]
-        header = ["recipe", "size", "epochs", "fusion", "σ", "calibration", "seeds", *COLUMNS.values(),
+        header = ["recipe", "size", "epochs", "fusion", "σ", "calibration", "normalization", "seeds", *COLUMNS.values(),
                   "train img/s", "infer img/s"]
         lines = [f"### {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for key in sorted({setting(r) for r in subset}, key=str):
             group = [r for r in subset if setting(r) == key]
             train_ips = [r["train_img_s"] for r in group if r["train_img_s"] > 0]
             _, side, epochs = recipe_flags(key[0], key[1], key[2])
-            cells = [key[0], str(side), str(epochs), key[3], f"{key[4]:g}", key[5], str(len(group)),
+            cells = [key[0], str(side), str(epochs), key[3], f"{key[4]:g}", key[5], key[6], str(len(group)),
                      *(_mean_sd([r.get(c) for r in group]) for c in COLUMNS),
                      f"{np.mean(train_ips):.1f}" if train_ips else "n/a",
                      f"{np.mean([r['infer_img_s'] for r in group]):.1f}"]

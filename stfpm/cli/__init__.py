@@ -1,8 +1,9 @@
 """The command-line entry points (one module each: train, test, predict, export, download) and their shared
 plumbing: logging and the error convention (`error: <one line>` on stderr, exit code 2, no traceback).
 
-The functions at the end are the console scripts of pyproject.toml (`stfpm-train`, ...); the top-level
-`train.py`, `test.py` and `predict.py` call the same mains.
+Each command module has ``main(argv)`` (testable, raises on user errors) and ``cli()`` (the console script of
+pyproject.toml, e.g. `stfpm-train`: ``main`` under :func:`run`); the top-level `train.py`, `test.py` and
+`predict.py` call the same ``cli``.
 """
 
 from __future__ import annotations
@@ -47,32 +48,3 @@ def run(
         print(interrupted, file=sys.stderr)
         return 130
 
-
-def train() -> int:
-    from stfpm.cli.train import main
-
-    return run(main)
-
-
-def test() -> int:
-    from stfpm.cli.test import main
-
-    return run(main)
-
-
-def predict() -> int:
-    from stfpm.cli.predict import main
-
-    return run(main)
-
-
-def export() -> int:
-    from stfpm.cli.export import main
-
-    return run(main)
-
-
-def download() -> int:
-    from stfpm.cli.download import main
-
-    return run(main)

@@ -92,3 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     logger.info("MVTec AD is ready in %s", args.data_root)
     return 0
+
+
+def cli() -> int:
+    """The console script: :func:`main` with the error convention."""
+    from stfpm.cli import run
+
+    return run(main)

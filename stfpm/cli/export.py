@@ -30,3 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     path = export(model, Path(args.output), args.format, threshold_policy(args, model))
     print(f"exported {args.format} to {path} (metadata: {path}.json)")
     return 0
+
+
+def cli() -> int:
+    """The console script: :func:`main` with the error convention."""
+    from stfpm.cli import run
+
+    return run(main)

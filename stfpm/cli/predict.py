@@ -422,3 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     if processed == 0:
         raise STFPMError("no image could be processed")
     return 0
+
+
+def cli() -> int:
+    """The console script: :func:`main` with the error convention."""
+    from stfpm.cli import run
+
+    return run(main)

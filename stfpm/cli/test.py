@@ -148,3 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nall categories\n{write_summary(results, summary_dir)}")
     print(f"summary: {summary_dir / 'results_all.md'}")
     return 0
+
+
+def cli() -> int:
+    """The console script: :func:`main` with the error convention."""
+    from stfpm.cli import run
+
+    return run(main)

@@ -38,7 +38,7 @@ from stfpm.data.io import as_hw, aspect_preserving_size, median_aspect, size_rec
 from stfpm.errors import DataError
 from stfpm.inference.engine import ENGINE_CHECKS, build_trainer
 from stfpm.inference.thresholding import CALIBRATIONS, few_images_warning
-from stfpm.model.anomaly_map import FUSIONS
+from stfpm.model.anomaly_map import FUSIONS, NORMALIZATIONS
 from stfpm.model.backbones import PRESETS
 from stfpm.model.checkpoint import AtomicCheckpointIO, read_checkpoint, require_ours
 from stfpm.model.lightning_model import STFPM
@@ -109,6 +109,10 @@ def build_parser() -> Parser:
     )
     model.add_argument(
         "--map-sigma", type=float, default=MODEL["map_sigma"], help="Gaussian smoothing of the map, in input pixels"
+    )
+    model.add_argument(
+        "--map-normalization", default=MODEL["map_normalization"], choices=list(NORMALIZATIONS),
+        help="reference: divide the map, position by position, by the validation normals' mean map",
     )
     model.add_argument(
         "--hard-fraction", type=float, default=MODEL["hard_fraction"],
@@ -379,3 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         for category, path in results.items():
             print(f"{category}: {path}")
     return 0
+
+
+def cli() -> int:
+    """The console script: :func:`main` with the error convention."""
+    from stfpm.cli import run
+
+    return run(main)

@@ -16,6 +16,11 @@ from torch import Tensor, nn
 
 from stfpm.model.tiling import Tiler
 
+NORMALIZATIONS = ("none", "reference")
+"""``reference``: the fused map divided, position by position, by the mean map of the validation normals (plus
+its overall mean, which keeps quiet regions from being amplified): on aligned parts, positions that are always
+hard for the student (edges, fixtures) stop dominating the map, so a defect elsewhere stands out."""
+
 FUSIONS = ("product", "sum")
 """``product``: the official fusion, levels multiplied. ``sum``: each level divided by its mean on the
 validation normals (so every level weighs the same), then added; a defect seen clearly by one level alone
@@ -53,10 +58,22 @@ class AnomalyMapGenerator(nn.Module):
     (:meth:`fit_level_scale`). It is a buffer, so it travels with checkpoints and exports.
     """
 
-    def __init__(self, num_levels: int, fusion: str = "product", sigma: float = 0.0, tiler: Tiler | None = None) -> None:
+    def __init__(
+        self,
+        num_levels: int,
+        fusion: str = "product",
+        sigma: float = 0.0,
+        tiler: Tiler | None = None,
+        normalization: str = "none",
+        size: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown map normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        if normalization == "reference" and size is None:
+            raise ValueError("the reference normalization needs the input size")
         if not (sigma >= 0 and math.isfinite(sigma)):
             raise ValueError(f"smoothing sigma must be >= 0, got {sigma}")
         self.fusion = fusion
@@ -66,10 +83,17 @@ class AnomalyMapGenerator(nn.Module):
         self.register_buffer("level_scale", torch.ones(num_levels))
         self.register_buffer("kernel", gaussian_kernel(sigma) if sigma > 0 else torch.ones(1), persistent=False)
         self.tiler = tiler
+        self.normalization = normalization
+        self.reference: Tensor
+        if normalization == "reference":
+            assert size is not None
+            self.register_buffer("reference", torch.ones(1, 1, *size))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # checkpoints written before per-level scaling existed hold no level_scale: they used the product, scale 1
         state_dict.setdefault(prefix + "level_scale", torch.ones_like(self.level_scale))
+        if self.normalization == "reference":
+            state_dict.setdefault(prefix + "reference", torch.ones_like(self.reference))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def fuse(self, layer_maps: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
@@ -98,17 +122,26 @@ class AnomalyMapGenerator(nn.Module):
         out = F.conv2d(F.pad(maps, (pad_w, pad_w, 0, 0), mode="reflect"), (k_w / k_w.sum()).view(1, 1, 1, -1))
         return F.conv2d(F.pad(out, (0, 0, pad_h, pad_h), mode="reflect"), (k_h / k_h.sum()).view(1, 1, -1, 1))
 
-    def forward(self, layer_maps: Sequence[Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """Anomaly maps [B,1,H,W] at the input ``size`` and image scores [B].
+    def fused(self, layer_maps: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
+        """The fused maps [B,1,H,W] at the input ``size``, tiles stitched back, before normalization and smoothing.
 
-        With a tiler, ``layer_maps`` hold the T tiles of each image (B*T rows): they are fused at the tile
-        size and stitched back to the input size before smoothing.
+        With a tiler, ``layer_maps`` hold the T tiles of each image (B*T rows): they are fused at the tile size.
         """
         if self.tiler is None:
-            maps = self.fuse(layer_maps, size)
-        else:
-            maps = self.tiler.merge(self.fuse(layer_maps, self.tiler.tile_size))
-        maps = self.smooth(maps)
+            return self.fuse(layer_maps, size)
+        return self.tiler.merge(self.fuse(layer_maps, self.tiler.tile_size))
+
+    def normalize(self, maps: Tensor, reference: Tensor | None = None) -> Tensor:
+        """The ``reference`` normalization of fused maps (identity for ``none``); ``reference`` overrides the
+        stored one (calibration normalizes each validation image by the mean of the others)."""
+        if self.normalization == "none":
+            return maps
+        ref = self.reference if reference is None else reference
+        return maps / (ref + ref.mean())
+
+    def forward(self, layer_maps: Sequence[Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Anomaly maps [B,1,H,W] at the input ``size`` and image scores [B]: fused, normalized, smoothed."""
+        maps = self.smooth(self.normalize(self.fused(layer_maps, size)))
         return maps, image_scores(maps)
 
     @property
@@ -125,8 +158,14 @@ class AnomalyMapGenerator(nn.Module):
             mean = float(layer_map.float().mean())
             self.level_scale[level] = 1.0 / mean if mean > 0 else 1.0
 
+    @torch.no_grad()
+    def fit_reference(self, fused_maps: Tensor) -> None:
+        """Set the reference map to the mean of the fused maps [N,1,H,W] of the validation normals."""
+        if self.normalization == "reference":
+            self.reference.copy_(fused_maps.float().mean(dim=0, keepdim=True))
+
     def extra_repr(self) -> str:
-        return f"fusion={self.fusion}, sigma={self.sigma}"
+        return f"fusion={self.fusion}, sigma={self.sigma}, normalization={self.normalization}"
 
 
 def anomaly_map(teacher_features: list[Tensor], student_features: list[Tensor], size: tuple[int, int]) -> Tensor:

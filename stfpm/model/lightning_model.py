@@ -13,7 +13,7 @@ from torch import Tensor
 from stfpm import __version__
 from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, as_hw, size_record
 from stfpm.inference.thresholding import CALIBRATIONS, calibrate, few_images_warning
-from stfpm.model.anomaly_map import layer_anomaly_maps
+from stfpm.model.anomaly_map import image_scores, layer_anomaly_maps
 from stfpm.model.loss import stfpm_loss
 from stfpm.model.torch_model import STFPMModel
 
@@ -50,13 +50,14 @@ class STFPM(pl.LightningModule):
         tile_size: int | list[int] | None = None,
         tile_overlap: float = 0.25,
         hard_fraction: float = 1.0,
+        map_normalization: str = "none",
     ) -> None:
         super().__init__()
         if calibration not in CALIBRATIONS:
             raise ValueError(f"unknown calibration {calibration!r}; choose one of {', '.join(CALIBRATIONS)}")
         self.model = STFPMModel(
             backbone, student_backbone, layers, teacher_weights, map_fusion, map_sigma, image_size, tile_size,
-            tile_overlap,
+            tile_overlap, map_normalization,
         )
         self.save_hyperparameters()
         self.hparams["student_backbone"] = student_backbone or backbone
@@ -111,9 +112,23 @@ class STFPM(pl.LightningModule):
         generator = self.model.anomaly_map
         generator.fit_level_scale(levels)
         step = chunk * generator.rows_per_image  # whole images only: their tiles are stitched together
-        outputs = [generator([lv[i: i + step] for lv in levels], size) for i in range(0, len(levels[0]), step)]
-        scores = torch.cat([s for _, s in outputs]).cpu()
-        maps = torch.cat([m[:, 0] for m, _ in outputs]).cpu()
+        fused = torch.cat(
+            [generator.fused([lv[i: i + step] for lv in levels], size) for i in range(0, len(levels[0]), step)]
+        )
+        generator.fit_reference(fused)
+        if generator.normalization == "reference" and len(fused) > 1:
+            # each validation image normalized by the mean of the *others*: a new part is not in the reference,
+            # so its scores are those of a held-out image, and the thresholds keep their promise
+            total = fused.sum(dim=0, keepdim=True)
+            fused = torch.cat([
+                generator.normalize(fused[i: i + 1], (total - fused[i: i + 1]) / (len(fused) - 1))
+                for i in range(len(fused))
+            ])
+        else:
+            fused = generator.normalize(fused)
+        maps = torch.cat([generator.smooth(fused[i: i + chunk]) for i in range(0, len(fused), chunk)])
+        scores = image_scores(maps).cpu()
+        maps = maps[:, 0].cpu()
         self._val_map_mean = float(maps.double().mean())
         quantile, method = self.hparams["image_threshold_quantile"], self.hparams.get("calibration", "empirical")
         warning = few_images_warning(len(scores), quantile, method)

@@ -33,6 +33,7 @@ class STFPMModel(nn.Module):
         image_size: int | Sequence[int] | None = None,
         tile_size: int | Sequence[int] | None = None,
         tile_overlap: float = 0.25,
+        map_normalization: str = "none",
     ) -> None:
         super().__init__()
         student_backbone = student_backbone or backbone
@@ -50,7 +51,10 @@ class STFPMModel(nn.Module):
             if image_size is None:
                 raise ValueError("tiling needs the input size")
             self.tiler = Tiler(as_hw(image_size), as_hw(tile_size), tile_overlap)
-        self.anomaly_map = AnomalyMapGenerator(len(self.layers), map_fusion, map_sigma, self.tiler)
+        size = as_hw(image_size) if image_size is not None else None
+        self.anomaly_map = AnomalyMapGenerator(
+            len(self.layers), map_fusion, map_sigma, self.tiler, map_normalization, size
+        )
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Teacher features (no gradient) and student features (projected to the teacher's channels).

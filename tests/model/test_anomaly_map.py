@@ -211,3 +211,51 @@ def test_smoothing_a_map_smaller_than_the_kernel_keeps_a_constant_constant() -> 
     maps, scores = AnomalyMapGenerator(3, "product", 4.0)(levels, (5, 7))  # radius 16 > the map's sides
     torch.testing.assert_close(maps, torch.full((2, 1, 5, 7), 0.125))
     torch.testing.assert_close(scores, torch.full((2,), 0.125))
+
+
+def test_reference_normalization_divides_by_the_validation_mean_map() -> None:
+    """map = fused / (R + mean(R)), R = mean fused map of the validation normals (stored, used at inference)."""
+    from stfpm.model.anomaly_map import AnomalyMapGenerator
+
+    torch.manual_seed(0)
+    val = [torch.rand(5, 1, 4, 4) + 0.1, torch.rand(5, 1, 2, 2) + 0.1]
+    test = [torch.rand(3, 1, 4, 4) + 0.1, torch.rand(3, 1, 2, 2) + 0.1]
+    gen = AnomalyMapGenerator(2, normalization="reference", size=(8, 8))
+    plain = AnomalyMapGenerator(2)
+    val_fused = plain(val, (8, 8))[0]
+    gen.fit_reference(gen.fused(val, (8, 8)))
+    reference = val_fused.mean(dim=0, keepdim=True)
+    maps, scores = gen(test, (8, 8))
+    expected = plain(test, (8, 8))[0] / (reference + reference.mean())
+    torch.testing.assert_close(maps, expected)
+    torch.testing.assert_close(scores, expected.flatten(1).amax(1))
+    assert "reference" in gen.state_dict()
+
+
+def test_reference_thresholds_score_each_validation_image_without_itself(tiny_data, tmp_path) -> None:
+    """Calibration: validation image i is normalized by the mean of the other validation maps (leave-one-out);
+    the stored reference is the mean of all of them."""
+    from conftest import TRAIN_ARGS
+    from stfpm.cli.train import main as train_main
+    from stfpm.data import MVTecDataModule
+    from stfpm.data.io import as_hw
+    from stfpm.model.checkpoint import load_checkpoint
+
+    assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS,
+                       "--epochs", "1", "--map-normalization", "reference", "--image-threshold-quantile", "0.5"]) == 0
+    model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
+    dm = MVTecDataModule(tiny_data, "tiny", image_size=64, batch_size=4)
+    dm.setup("fit")
+    batch = torch.stack([dm.val_dataset[i]["image"] for i in range(len(dm.val_dataset))])
+    with torch.no_grad():
+        teacher, student = model.model(batch)
+        from stfpm.model.anomaly_map import anomaly_map
+
+        fused = anomaly_map(teacher, student, as_hw(64))  # the official product, no normalization
+    n = len(fused)
+    torch.testing.assert_close(model.model.anomaly_map.reference, fused.mean(0, keepdim=True), rtol=1e-4, atol=1e-7)
+    scores = []
+    for i in range(n):
+        others = torch.cat([fused[:i], fused[i + 1:]]).mean(0, keepdim=True)
+        scores.append(float((fused[i] / (others + others.mean())).max()))
+    assert model.thresholds[0] == pytest.approx(np.quantile(scores, 0.5), rel=1e-4)
