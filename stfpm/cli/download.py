@@ -10,7 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from stfpm.config import Parser
+from stfpm.config import Parser, integer, number, validate, writable_folder
 from stfpm.tools.download import (
     MVTEC_AD_CATEGORIES,
     MVTEC_AD_MD5,
@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the download; user-facing errors propagate as STFPMError (see :func:`stfpm.cli.run`)."""
     args = build_parser().parse_args(argv)
+    validate(args, {"timeout": number(0, low_open=True), "retries": integer(0)})
+    writable_folder(args.data_root, "--data-root")
     if args.md5 or args.sha256:
         md5, sha256 = args.md5, args.sha256
     elif args.url:

@@ -401,3 +401,13 @@ def test_cli_help_mentions_category_strategy() -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert "--category" in done.stdout and "full archive" in " ".join(done.stdout.split())
+
+
+@pytest.mark.parametrize("extra, needle", [(["--timeout", "0"], "--timeout"), (["--retries", "-1"], "--retries")])
+def test_download_arguments_are_checked_first(tmp_path, capsys, extra, needle) -> None:
+    from stfpm.cli import run
+    from stfpm.cli.download import main
+
+    assert run(main, ["--data-root", str(tmp_path / "mvtec"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and not (tmp_path / "mvtec").exists()
