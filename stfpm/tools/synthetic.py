@@ -425,7 +425,7 @@ def make_synthetic_category(
     """
     defect_types = _check_args(category, image_size, n_train, n_test_good, n_test_per_defect, defect_types, seed)
     params = {
-        "generator": "stfpm.tools.synthetic",
+        "generator": "stfpm.data.synthetic",  # the format's name in every marker ever written: kept as is
         "version": _GENERATOR_VERSION,
         "category": category,
         "image_size": int(image_size),
