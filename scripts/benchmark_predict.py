@@ -24,18 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-
-def _photos(folder: Path, n: int, width: int, height: int) -> None:
-    """Smooth random JPEG photos (compress like real ones, unlike white noise)."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True)
-    for i in range(n):
-        small = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC).save(folder / f"{i:05d}.jpg", quality=90)
+from stfpm.tools.synthetic import write_photos
 
 
 def _checkpoint(path: Path, backbone: str, image_size: int) -> None:
@@ -101,7 +92,7 @@ def main() -> int:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        _photos(root / "photos", args.n_images, *args.source_size)
+        write_photos(root / "photos", args.n_images, *args.source_size)
         _checkpoint(root / "model.ckpt", args.backbone, args.image_size)
         floors, floors_cl, loops, wholes = [], [], [], []
         for r in range(args.repeats):

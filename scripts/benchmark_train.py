@@ -23,17 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-
-def _photos(folder: Path, n: int, width: int, height: int) -> None:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True)
-    for i in range(n):
-        small = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC).save(folder / f"{i:05d}.jpg", quality=90)
+from stfpm.tools.synthetic import write_photos
 
 
 def _floor(backbone: str, image_size: int, batch_size: int, n: int) -> float:
@@ -87,7 +79,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        _photos(root / "bench" / "train" / "good", args.n_images, 512, 384)
+        write_photos(root / "bench" / "train" / "good", args.n_images, 512, 384)
         floor = _floor(args.backbone, args.image_size, args.batch_size, args.n_images)
         one = _train_seconds(root, root / "runs1", 1, args)
         more = _train_seconds(root, root / "runs2", 1 + args.extra_epochs, args)

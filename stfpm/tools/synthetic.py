@@ -536,3 +536,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def write_photos(folder: Path, n: int, width: int, height: int, seed: int = 0) -> list[Path]:
+    """``n`` smooth random JPEG photos of ``width`` x ``height`` (they compress like real ones, unlike white
+    noise), for speed benchmarks; returns their paths."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(n):
+        small = rng.integers(0, 256, (max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8)
+        path = folder / f"{i:05d}.jpg"
+        Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC).save(path, quality=90)
+        paths.append(path)
+    return paths
