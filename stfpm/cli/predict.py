@@ -43,8 +43,8 @@ from stfpm.inference.engine import (
 )
 from stfpm.inference.postprocess import Postprocessor, Prediction
 from stfpm.model.checkpoint import describe_run, find_latest_checkpoint, find_latest_run, load_checkpoint
-from stfpm.outputs.atomic import atomic_write_bytes, atomic_write_text
-from stfpm.outputs.report import save_image, save_png
+from stfpm.reporting.atomic import atomic_write_bytes, atomic_write_text
+from stfpm.reporting.report import save_image, save_png
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from stfpm.model.checkpoint import (
     list_trained_categories,
     load_checkpoint,
 )
-from stfpm.outputs.report import write_category_results, write_summary
+from stfpm.reporting.report import write_category_results, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def evaluate_checkpoint(
 
 
 def _save_visuals(pred: TestPredictions, results: dict[str, Any], out_dir: Path, policy: ThresholdPolicy) -> None:
-    from stfpm.outputs.visual_report import save_image_panels, save_roc_curves, save_score_histogram
+    from stfpm.reporting.visual_report import save_image_panels, save_roc_curves, save_score_histogram
 
     threshold = policy.pixel
     if not math.isfinite(threshold):

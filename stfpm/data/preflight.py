@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from stfpm.outputs.atomic import atomic_write_text
+from stfpm.reporting.atomic import atomic_write_text
 from stfpm.data.io import _READ_ERRORS, _one_line, load_mask
 from stfpm.data.mvtec import TestSample
 from stfpm.errors import DataError

@@ -21,7 +21,7 @@ from stfpm.errors import STFPMError
 from stfpm.inference.thresholding import ThresholdPolicy
 from stfpm.model.lightning_model import STFPM
 from stfpm.model.torch_model import STFPMModel
-from stfpm.outputs.atomic import atomic_write_text
+from stfpm.reporting.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from lightning_fabric.plugins import TorchCheckpointIO
 
 from stfpm.errors import CheckpointError, STFPMError
 from stfpm.model.lightning_model import CHECKPOINT_KEY, STFPM
-from stfpm.outputs.atomic import atomic_write_bytes
+from stfpm.reporting.atomic import atomic_write_bytes
 
 CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")
 

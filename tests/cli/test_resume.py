@@ -151,7 +151,7 @@ def test_ctrl_c_stops_after_the_step_and_saves_a_usable_checkpoint(tiny_data, tm
 
 def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch) -> None:
     """A crash while writing leaves the previous checkpoint intact and no partial file behind."""
-    import stfpm.outputs.atomic
+    import stfpm.reporting.atomic
     from stfpm.model.checkpoint import AtomicCheckpointIO
 
     path = tmp_path / "last.ckpt"
@@ -162,7 +162,7 @@ def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch) -> None:
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(stfpm.outputs.atomic.os, "replace", crash)
+    monkeypatch.setattr(stfpm.reporting.atomic.os, "replace", crash)
     try:
         io_plugin.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
     except OSError:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from stfpm.outputs.atomic import atomic_write_bytes, atomic_write_text
+from stfpm.reporting.atomic import atomic_write_bytes, atomic_write_text
 
 SUMMARY_COLUMNS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_f1_max")
 OPERATING_COLUMNS = (

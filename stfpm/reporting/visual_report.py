@@ -13,8 +13,8 @@ from stfpm.data import load_image
 from stfpm.evaluation.metrics import roc_curve
 from stfpm.evaluation.results import TestPredictions
 from stfpm.inference.postprocess import binary_mask, heatmap_scale, overlay
-from stfpm.outputs.atomic import atomic_write_bytes
-from stfpm.outputs.report import save_png
+from stfpm.reporting.atomic import atomic_write_bytes
+from stfpm.reporting.report import save_png
 
 _GAP = 4
 
