@@ -36,7 +36,7 @@ from stfpm.config import (
 from stfpm.data import DEFAULT_DATA_ROOT, MVTecDataModule, list_categories, resolve_category_dir, scan_train
 from stfpm.data.io import as_hw, aspect_preserving_size, median_aspect, size_record
 from stfpm.errors import DataError
-from stfpm.inference.engine import ENGINE_CHECKS, build_trainer
+from stfpm.inference.engine import ENGINE_CHECKS, add_device_args, build_trainer
 from stfpm.inference.thresholding import CALIBRATIONS, few_images_warning
 from stfpm.model.anomaly_map import FUSIONS, NORMALIZATIONS
 from stfpm.model.backbones import PRESETS
@@ -132,11 +132,7 @@ def build_parser() -> Parser:
         help="deterministic algorithms on GPU (slower; CPU runs are reproducible without it)",
     )
     trainer.add_argument("--output-dir", default="runs", help="runs go to OUTPUT_DIR/<category>/version_N/")
-    trainer.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ...")
-    trainer.add_argument("--devices", default="auto", help="auto, a count (2) or indices (0,1)")
-    trainer.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, ...")
-    trainer.add_argument("--strategy", default="auto", help="auto, ddp, ...")
-    trainer.add_argument("--num-nodes", type=int, default=1)
+    add_device_args(trainer, devices="auto")
     trainer.add_argument("--log-every-n-steps", type=int, default=10)
     trainer.add_argument("--resume", help="checkpoint to resume training from (e.g. a run's last.ckpt)")
     return parser

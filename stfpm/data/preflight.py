@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from stfpm.reporting.atomic import atomic_write_text
-from stfpm.data.io import _READ_ERRORS, _one_line, load_mask
+from stfpm.data.io import _READ_ERRORS, _one_line
 from stfpm.data.mvtec import TestSample
 from stfpm.errors import DataError
 
@@ -107,19 +107,22 @@ def check_train(images: Sequence[Path]) -> tuple[list[Path], PreflightReport]:
 
 
 def _mask_problem(mask_path: Path, image_size: tuple[int, int]) -> str | None:
+    """What is odd about a mask (size, values), decoded once; ``unreadable mask: ...`` when it cannot be read."""
     try:
-        mask_size, _ = probe_image(mask_path)
         with Image.open(mask_path) as img:
-            values = np.unique(np.asarray(img))
-        load_mask(mask_path)
-    except (DataError, *_READ_ERRORS) as exc:  # type: ignore[misc]  # a tuple of exception classes
+            img.load()
+            mask_size = img.size
+            raw = np.asarray(img.convert("RGB") if img.mode == "P" else img)  # as load_mask reads it
+    except _READ_ERRORS as exc:
         return f"unreadable mask: {_one_line(exc)}"
+    color = raw[..., :3] if raw.ndim == 3 else raw  # an alpha channel is not part of the mask
     problems = []
-    if mask_size is not None and mask_size != image_size:
+    if mask_size != image_size:
         problems.append(f"mask is {mask_size[0]}x{mask_size[1]}, image {image_size[0]}x{image_size[1]}")
-    if len(values) > 2:
-        problems.append(f"{len(values)} distinct values, not 2 (anti-aliased or coloured?)")
-    elif not (values > 0).any():
+    distinct = len(np.unique(color))
+    if distinct > 2:
+        problems.append(f"{distinct} distinct values, not 2 (anti-aliased or coloured?)")
+    elif not color.any():
         problems.append("empty mask (no defect pixel)")
     return "; ".join(problems) or None
 

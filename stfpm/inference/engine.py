@@ -18,7 +18,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from stfpm.config import Parser, existing_file, finite, integer, parse_devices, validate
+from stfpm.config import Parser, Section, existing_file, finite, integer, parse_devices, validate
 from stfpm.errors import STFPMError
 from stfpm.inference.thresholding import ThresholdPolicy
 from stfpm.model.lightning_model import STFPM
@@ -26,16 +26,22 @@ from stfpm.model.lightning_model import STFPM
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "bf16", "16")
 
 
-def add_engine_args(parser: Parser, batch_size: int) -> None:
-    """Device, precision and batching flags shared by test.py and predict.py (same names as train.py's)."""
-    group = parser.section("engine")
+def add_device_args(group: Section, devices: str) -> None:
+    """The device and precision flags of every command that runs the model (train.py, test.py, predict.py);
+    ``devices`` is the command's default (training may take every device, evaluation takes one)."""
     group.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto, ...")
-    group.add_argument("--devices", default="1", help="a count (2), indices (0,1) or auto")
+    group.add_argument("--devices", default=devices, help="a count (2), indices (0,1) or auto")
     group.add_argument("--strategy", default="auto", help="auto, ddp, ... (ddp splits the images over --devices)")
     group.add_argument("--num-nodes", type=int, default=1, help="machines taking part (with --strategy ddp)")
     group.add_argument(
         "--precision", default="32-true", choices=PRECISIONS, help="32-true, bf16-mixed, 16-mixed, ... (Lightning's)"
     )
+
+
+def add_engine_args(parser: Parser, batch_size: int) -> None:
+    """Device, precision and batching flags shared by test.py and predict.py (the device flags are train.py's)."""
+    group = parser.section("engine")
+    add_device_args(group, devices="1")
     group.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass")
     group.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="image decoding processes")
 
@@ -85,8 +91,7 @@ def build_trainer(args: argparse.Namespace, **kwargs: Any) -> pl.Trainer:
 
 
 def inference_trainer(args: argparse.Namespace, callbacks: Sequence[Callback]) -> pl.Trainer:
-    """A Trainer for ``predict`` on the requested devices."""
-    check_engine_args(args)
+    """A Trainer for ``predict`` on the requested devices (the flags were checked by the command's main)."""
     return build_trainer(args, logger=False, callbacks=list(callbacks), enable_model_summary=False)
 
 
