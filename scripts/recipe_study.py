@@ -39,7 +39,9 @@ from stfpm.model.checkpoint import find_latest_checkpoint, load_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = "weights/mobilenet_v2_imagenet_dequant.pth"
 
-# name -> extra train.py flags; {size} is the study's --image-size
+# name -> extra train.py flags; {size} is the study's --image-size. Every recipe starts from the paper's training
+# (PAPER), whatever train.py's defaults are; later flags win.
+PAPER = ["--lr-schedule", "constant", "--augment", "none"]
 RECIPES: dict[str, list[str]] = {
     "square": ["--image-size", "{size}"],
     "aspect": ["--image-size", "{size}", "--keep-aspect"],
@@ -49,10 +51,14 @@ RECIPES: dict[str, list[str]] = {
     "aspect_2x_epochs": ["--image-size", "{size}", "--keep-aspect", "--epochs", "{epochs2x}"],
     "aspect_hard": ["--image-size", "{size}", "--keep-aspect", "--hard-fraction", "0.1"],
     "square_hard": ["--image-size", "{size}", "--hard-fraction", "0.1"],
+    "square_cosine": ["--image-size", "{size}", "--lr-schedule", "cosine"],
+    "square_augment": ["--image-size", "{size}", "--augment", "light"],
+    "square_cosine_augment": ["--image-size", "{size}", "--lr-schedule", "cosine", "--augment", "light"],
 }
 FUSION = ("product", "sum")
 SIGMAS = (0.0, 2.0, 4.0)
 CALIBRATIONS = ("empirical", "gumbel")
+SCORE_FRACTIONS = (0.0,)
 FIGURES = (
     "image_auroc", "pixel_auroc", "pixel_aupro", "image_tpr_at_threshold", "image_fpr_at_threshold",
     "pixel_precision_at_threshold", "pixel_recall_at_threshold", "pixel_iou_at_threshold",
@@ -71,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--fusions", nargs="+", default=list(FUSION), choices=list(FUSION), help="map settings evaluated")
+    p.add_argument("--sigmas", nargs="+", type=float, default=list(SIGMAS))
+    p.add_argument("--calibrations", nargs="+", default=list(CALIBRATIONS), choices=list(CALIBRATIONS))
+    p.add_argument("--normalizations", nargs="+", default=list(NORMALIZATIONS), choices=list(NORMALIZATIONS))
+    p.add_argument("--score-fractions", nargs="+", type=float, default=list(SCORE_FRACTIONS),
+                   help="image score: mean of this share of highest map pixels (0: the maximum)")
     p.add_argument("--out", default="study", help="runs and results.jsonl go here; finished runs are reused")
     p.add_argument("--report", help="write the Markdown table of means ± sd here")
     p.add_argument("--report-only", action="store_true", help="only aggregate results.jsonl")
@@ -94,7 +106,7 @@ def train(args: argparse.Namespace, dataset: str, recipe: str, seed: int, runs: 
         sys.executable, str(ROOT / "train.py"), "--category", dataset, "--data-root", str(Path(args.shared) / "data"),
         "--backbone", "mobilenet_v2", "--teacher-weights", str(Path(args.shared) / WEIGHTS),
         "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers),
-        "--seed", str(seed), "--output-dir", str(runs), "--accelerator", "cpu", *extra,
+        "--seed", str(seed), "--output-dir", str(runs), "--accelerator", "cpu", *PAPER, *extra,
     ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -147,9 +159,10 @@ def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path
     labels = np.array([s.label for s in samples], np.int8)
     has_mask = np.array([s.label == 0 or s.mask_path is not None for s in samples])
     rows = []
-    for fusion, sigma, calibration, normalization in itertools.product(FUSION, SIGMAS, CALIBRATIONS, NORMALIZATIONS):
+    grid = itertools.product(args.fusions, args.sigmas, args.calibrations, args.normalizations, args.score_fractions)
+    for fusion, sigma, calibration, normalization, score_fraction in grid:
         model.model.anomaly_map = AnomalyMapGenerator(
-            len(val_levels), fusion, sigma, model.model.tiler, normalization, size
+            len(val_levels), fusion, sigma, model.model.tiler, normalization, size, score_fraction
         )
         model.hparams["calibration"] = calibration
         image_thr, pixel_thr = model.calibrate_on(val_levels, size)
@@ -172,7 +185,7 @@ def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path
             float(np.mean(np.concatenate([g.ravel() for g in good]) >= pixel_thr)) if good else math.nan
         )
         rows.append({"fusion": fusion, "sigma": sigma, "calibration": calibration, "normalization": normalization,
-                     **{k: figures[k] for k in FIGURES}})
+                     "score_fraction": score_fraction, **{k: figures[k] for k in FIGURES}})
     return rows, infer_ips
 
 
@@ -221,19 +234,22 @@ def report(args: argparse.Namespace) -> str:
     """One Markdown table per data set: mean ± sd over seeds of every recipe and map setting."""
     rows = [json.loads(line) for line in (Path(args.out) / "results.jsonl").read_text().splitlines()]
     setting = lambda r: (  # noqa: E731
-        r["recipe"], r["image_size"], r["epochs"], r["fusion"], r["sigma"], r["calibration"], r.get("normalization", "none")
+        r["recipe"], r["image_size"], r["epochs"], r["fusion"], r["sigma"], r["calibration"], r.get("normalization", "none"),
+        r.get("score_fraction", 0.0),
     )
     out = []
     for dataset in sorted({r["dataset"] for r in rows}):
         subset = [r for r in rows if r["dataset"] == dataset]
-        header = ["recipe", "size", "epochs", "fusion", "σ", "calibration", "normalization", "seeds", *COLUMNS.values(),
+        header = ["recipe", "size", "epochs", "fusion", "σ", "calibration", "normalization", "score", "seeds",
+                  *COLUMNS.values(),
                   "train img/s", "infer img/s"]
         lines = [f"### {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for key in sorted({setting(r) for r in subset}, key=str):
             group = [r for r in subset if setting(r) == key]
             train_ips = [r["train_img_s"] for r in group if r["train_img_s"] > 0]
             _, side, epochs = recipe_flags(key[0], key[1], key[2])
-            cells = [key[0], str(side), str(epochs), key[3], f"{key[4]:g}", key[5], key[6], str(len(group)),
+            score = "max" if key[7] == 0 else f"top {key[7]:.0%}"
+            cells = [key[0], str(side), str(epochs), key[3], f"{key[4]:g}", key[5], key[6], score, str(len(group)),
                      *(_mean_sd([r.get(c) for r in group]) for c in COLUMNS),
                      f"{np.mean(train_ips):.1f}" if train_ips else "n/a",
                      f"{np.mean([r['infer_img_s'] for r in group]):.1f}"]

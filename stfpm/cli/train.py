@@ -34,14 +34,15 @@ from stfpm.config import (
     writable_folder,
 )
 from stfpm.data import DEFAULT_DATA_ROOT, MVTecDataModule, list_categories, resolve_category_dir, scan_train
+from stfpm.data.augment import AUGMENTATIONS
 from stfpm.data.io import as_hw, aspect_preserving_size, median_aspect, size_record
 from stfpm.errors import DataError
 from stfpm.inference.engine import ENGINE_CHECKS, add_device_args, build_trainer
-from stfpm.inference.thresholding import CALIBRATIONS, few_images_warning
+from stfpm.inference.thresholding import CALIBRATIONS
 from stfpm.model.anomaly_map import FUSIONS, NORMALIZATIONS
 from stfpm.model.backbones import PRESETS
 from stfpm.model.checkpoint import AtomicCheckpointIO, read_checkpoint, require_ours
-from stfpm.model.lightning_model import STFPM
+from stfpm.model.lightning_model import LR_SCHEDULES, STFPM
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,10 @@ def build_parser() -> Parser:
     data.add_argument("--val-fraction", type=float, default=0.2, help="share of train/good held out for validation")
     data.add_argument(
         "--strict", action="store_true", help="stop on any unreadable image instead of leaving it out with a warning"
+    )
+    data.add_argument(
+        "--augment", default=MODEL["augment"], choices=list(AUGMENTATIONS),
+        help="light: shift, rotate, zoom and re-light each training image slightly (teacher and student alike)",
     )
     data.add_argument(
         "--checkpoint-metric", default="val_loss", choices=list(CHECKPOINT_METRICS),
@@ -115,6 +120,10 @@ def build_parser() -> Parser:
         help="reference: divide the map, position by position, by the validation normals' mean map",
     )
     model.add_argument(
+        "--score-fraction", type=float, default=MODEL["score_fraction"],
+        help="image score: the mean of this share of the map's highest pixels (0: the maximum, as the paper)",
+    )
+    model.add_argument(
         "--hard-fraction", type=float, default=MODEL["hard_fraction"],
         help="train on this share of feature positions with the largest teacher-student difference (1: all, as the paper)",
     )
@@ -122,6 +131,10 @@ def build_parser() -> Parser:
     optim.add_argument("--lr", type=float, default=MODEL["lr"])
     optim.add_argument("--momentum", type=float, default=MODEL["momentum"])
     optim.add_argument("--weight-decay", type=float, default=MODEL["weight_decay"])
+    optim.add_argument(
+        "--lr-schedule", default=MODEL["lr_schedule"], choices=list(LR_SCHEDULES),
+        help="constant (the paper's) or cosine: from --lr down to 0 at the last step",
+    )
     trainer = parser.section("trainer")
     trainer.add_argument("--epochs", type=int, default=100)
     trainer.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (-1: no limit)")
@@ -182,7 +195,7 @@ def _resumed_model(path: Path, args: argparse.Namespace) -> STFPM:
             )
     recorded_weights = hparams.get("teacher_weights")
     hparams.update(teacher_weights=None, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    model = STFPM(**hparams)  # the teacher's weights come from the checkpoint: nothing is downloaded
+    model = STFPM.from_hparams(hparams)  # the teacher's weights come from the checkpoint: nothing is downloaded
     model.hparams["teacher_weights"] = recorded_weights
     return model
 
@@ -267,8 +280,7 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
     run_dir = Path(csv_logger.log_dir)
     # every training image checked once before anything starts; the full list is saved in the run folder
     preflight = datamodule.preflight("fit", strict=args.strict, report_path=run_dir / "data_problems_train.json")
-    quantile, calibration = model.hparams["image_threshold_quantile"], model.hparams.get("calibration", "empirical")
-    warning = few_images_warning(preflight.counts.get("validation", 0), quantile, calibration)
+    warning = model.few_validation_warning(preflight.counts.get("validation", 0))
     if warning and args.val_fraction > 0:
         log.warning("%s", warning)
         model.warned_few = True
@@ -336,6 +348,7 @@ TRAIN_CHECKS = {
     "pixel_threshold_quantile": number(0, 1, low_open=True),
     "map_sigma": number(0),
     "hard_fraction": number(0, 1, low_open=True),
+    "score_fraction": number(0, 1, high_open=True),
     "lr": number(0, low_open=True),
     "momentum": number(0, 1, high_open=True),
     "weight_decay": number(0),

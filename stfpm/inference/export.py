@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -61,6 +62,7 @@ def metadata(model: STFPM, fmt: str, policy: ThresholdPolicy | None = None) -> d
         "map_fusion": hp.get("map_fusion", "product"),
         "map_sigma": hp.get("map_sigma", 0.0),
         "map_normalization": hp.get("map_normalization", "none"),
+        "score_fraction": hp.get("score_fraction", 0.0),
         "tile_size": hp.get("tile_size"),
         "tile_overlap": hp.get("tile_overlap", 0.25) if hp.get("tile_size") is not None else None,
         "tiling": "inside the network: feed the whole resized image" if hp.get("tile_size") is not None else None,
@@ -84,7 +86,11 @@ def export(model: STFPM, output: Path, fmt: str = "exported_program", policy: Th
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
         if fmt == "torchscript":
-            torch.jit.save(torch.jit.trace(net, example), str(output))
+            with warnings.catch_warnings():
+                # the input size is fixed, so sizes derived from it (--score-fraction's pixel count) are constants
+                warnings.filterwarnings("ignore", "Converting a tensor to a Python integer", torch.jit.TracerWarning)
+                traced = torch.jit.trace(net, example)
+            torch.jit.save(traced, str(output))
         elif fmt == "exported_program":
             program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
             torch.export.save(program, str(output))

@@ -21,6 +21,12 @@ NORMALIZATIONS = ("none", "reference")
 its overall mean, which keeps quiet regions from being amplified): on aligned parts, positions that are always
 hard for the student (edges, fixtures) stop dominating the map, so a defect elsewhere stands out."""
 
+MIN_REFERENCE_IMAGES = 20
+"""Fewer validation normals than this and the reference normalization leaves the map as it is. The mean of a few
+maps is dominated by any one of them: a rare kind of normal part seen once in validation then scores, against the
+others, tens of times higher than the test parts (measured on battery_weld, 7 validation images, 100 epochs: the
+calibrated threshold stood above every test image; see docs/recipe_study.md)."""
+
 FUSIONS = ("product", "sum")
 """``product``: the official fusion, levels multiplied. ``sum``: each level divided by its mean on the
 validation normals (so every level weighs the same), then added; a defect seen clearly by one level alone
@@ -45,13 +51,19 @@ def gaussian_kernel(sigma: float) -> Tensor:
     return kernel / kernel.sum()
 
 
-def image_scores(maps: Tensor) -> Tensor:
-    """Image-level anomaly score: the maximum of each map, shape [B]."""
-    return maps.flatten(start_dim=1).amax(dim=1)
+def image_scores(maps: Tensor, top_fraction: float = 0.0) -> Tensor:
+    """Image-level anomaly score, shape [B]: the maximum of each map (``top_fraction`` 0, the paper's), or the
+    mean of its ``top_fraction`` share of highest pixels (at least one), which one hot pixel cannot decide."""
+    flat = maps.flatten(start_dim=1)
+    if top_fraction <= 0:
+        return flat.amax(dim=1)
+    k = max(1, int(top_fraction * flat.shape[1] + 0.5))  # a constant for the export: the map size is fixed
+    return flat.topk(k, dim=1).values.mean(dim=1)
 
 
 class AnomalyMapGenerator(nn.Module):
-    """Per-level maps -> fused map at the input size -> optional Gaussian smoothing -> image score (its max).
+    """Per-level maps -> fused map at the input size -> optional Gaussian smoothing -> image score (its max, or
+    the mean of its top ``score_fraction`` of pixels).
 
     ``level_scale`` holds one factor per level applied before fusion; it stays 1 for the product fusion (a
     constant factor would not change any ranking) and is set from the validation normals for ``sum``
@@ -66,8 +78,11 @@ class AnomalyMapGenerator(nn.Module):
         tiler: Tiler | None = None,
         normalization: str = "none",
         size: tuple[int, int] | None = None,
+        score_fraction: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= score_fraction < 1.0:
+            raise ValueError(f"score fraction must be in [0, 1), got {score_fraction}")
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
         if normalization not in NORMALIZATIONS:
@@ -78,6 +93,7 @@ class AnomalyMapGenerator(nn.Module):
             raise ValueError(f"smoothing sigma must be >= 0, got {sigma}")
         self.fusion = fusion
         self.sigma = float(sigma)
+        self.score_fraction = float(score_fraction)
         self.level_scale: Tensor
         self.kernel: Tensor
         self.register_buffer("level_scale", torch.ones(num_levels))
@@ -142,7 +158,11 @@ class AnomalyMapGenerator(nn.Module):
     def forward(self, layer_maps: Sequence[Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Anomaly maps [B,1,H,W] at the input ``size`` and image scores [B]: fused, normalized, smoothed."""
         maps = self.smooth(self.normalize(self.fused(layer_maps, size)))
-        return maps, image_scores(maps)
+        return maps, self.score(maps)
+
+    def score(self, maps: Tensor) -> Tensor:
+        """Image scores [B] of finished maps [B,1,H,W]."""
+        return image_scores(maps, self.score_fraction)
 
     @property
     def rows_per_image(self) -> int:
@@ -159,13 +179,21 @@ class AnomalyMapGenerator(nn.Module):
             self.level_scale[level] = 1.0 / mean if mean > 0 else 1.0
 
     @torch.no_grad()
-    def fit_reference(self, fused_maps: Tensor) -> None:
-        """Set the reference map to the mean of the fused maps [N,1,H,W] of the validation normals."""
-        if self.normalization == "reference":
-            self.reference.copy_(fused_maps.float().mean(dim=0, keepdim=True))
+    def fit_reference(self, fused_maps: Tensor) -> bool:
+        """Set the reference map to the mean of the fused maps [N,1,H,W] of the validation normals; True when the
+        maps are normalized by it. With fewer than :data:`MIN_REFERENCE_IMAGES` maps the reference is made
+        uniform (0.5, so that ``map / (R + mean(R))`` is the map itself) and False is returned."""
+        if self.normalization != "reference":
+            return False
+        if len(fused_maps) < MIN_REFERENCE_IMAGES:
+            self.reference.fill_(0.5)
+            return False
+        self.reference.copy_(fused_maps.float().mean(dim=0, keepdim=True))
+        return True
 
     def extra_repr(self) -> str:
-        return f"fusion={self.fusion}, sigma={self.sigma}, normalization={self.normalization}"
+        return (f"fusion={self.fusion}, sigma={self.sigma}, normalization={self.normalization}, "
+                f"score_fraction={self.score_fraction}")
 
 
 def anomaly_map(teacher_features: list[Tensor], student_features: list[Tensor], size: tuple[int, int]) -> Tensor:

@@ -69,7 +69,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     recorded_weights = hparams.get("teacher_weights")
     try:
-        model = STFPM(**{**hparams, "teacher_weights": None})  # weights are in the state_dict: no download
+        model = STFPM.from_hparams({**hparams, "teacher_weights": None})  # weights are in the state_dict: no download
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except (RuntimeError, TypeError, KeyError, STFPMError) as exc:
         reason = str(exc).strip().splitlines()[0]

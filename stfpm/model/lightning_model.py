@@ -11,19 +11,29 @@ import torch
 from torch import Tensor
 
 from stfpm import __version__
+from stfpm.data.augment import AUGMENTATIONS, light_augment
 from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, as_hw, size_record
 from stfpm.inference.thresholding import CALIBRATIONS, calibrate, few_images_warning
-from stfpm.model.anomaly_map import image_scores, layer_anomaly_maps
+from stfpm.model.anomaly_map import MIN_REFERENCE_IMAGES, layer_anomaly_maps
 from stfpm.model.loss import stfpm_loss
 from stfpm.model.torch_model import STFPMModel
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "stfpm"
+LR_SCHEDULES = ("constant", "cosine")
+PAPER_VALUES = {
+    "map_fusion": "product", "map_sigma": 0.0, "map_normalization": "none", "score_fraction": 0.0,
+    "calibration": "empirical", "hard_fraction": 1.0, "lr_schedule": "constant", "augment": "none",
+}
+"""Options beyond the paper, at the paper's values. A checkpoint whose hyperparameters lack one of them was written
+before the option existed, so it was trained and calibrated with this value, whatever today's default is."""
 
 
 class STFPM(pl.LightningModule):
-    """STFPM with the official optimisation recipe (SGD, lr 0.4, momentum 0.9, weight decay 1e-4).
+    """STFPM: the paper's networks, loss and SGD settings (lr 0.4, momentum 0.9, weight decay 1e-4); by default the
+    learning rate decays along a cosine and the map is normalized position by position by the validation normals'
+    mean map (the recipe study's choices; ``configs/official.yaml`` and :data:`PAPER_VALUES` give the paper's).
 
     Every validation epoch also computes the anomaly maps of the held-out normal images (from the same
     features as the validation loss) and stores the calibrated thresholds as buffers, so each checkpoint
@@ -50,14 +60,21 @@ class STFPM(pl.LightningModule):
         tile_size: int | list[int] | None = None,
         tile_overlap: float = 0.25,
         hard_fraction: float = 1.0,
-        map_normalization: str = "none",
+        map_normalization: str = "reference",
+        lr_schedule: str = "cosine",
+        augment: str = "none",
+        score_fraction: float = 0.0,
     ) -> None:
         super().__init__()
-        if calibration not in CALIBRATIONS:
-            raise ValueError(f"unknown calibration {calibration!r}; choose one of {', '.join(CALIBRATIONS)}")
+        for name, value, choices in (
+            ("calibration", calibration, CALIBRATIONS), ("lr_schedule", lr_schedule, LR_SCHEDULES),
+            ("augment", augment, AUGMENTATIONS),
+        ):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
         self.model = STFPMModel(
             backbone, student_backbone, layers, teacher_weights, map_fusion, map_sigma, image_size, tile_size,
-            tile_overlap, map_normalization,
+            tile_overlap, map_normalization, score_fraction,
         )
         self.save_hyperparameters()
         self.hparams["student_backbone"] = student_backbone or backbone
@@ -75,8 +92,19 @@ class STFPM(pl.LightningModule):
         self._val_map_mean = math.nan
         self.validated_step = -1  # the optimizer step whose weights the stored thresholds were calibrated on
 
+    @classmethod
+    def from_hparams(cls, hparams: dict[str, Any]) -> STFPM:
+        """The model recorded in a checkpoint's hyperparameters (options it predates at the paper's values)."""
+        return cls(**{**PAPER_VALUES, **hparams})
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        teacher, student = self.model(batch["image"])
+        images = batch["image"]
+        if self.hparams.get("augment", "none") == "light":
+            # the draws depend on (seed, step, rank) only, so --resume continues them exactly
+            seed = (torch.initial_seed() * 1_000_003 + self.global_step) * 64 + self.global_rank
+            generator = torch.Generator(device=images.device).manual_seed(seed % 2**63)
+            images = light_augment(images, self.hparams["mean"], self.hparams["std"], generator)
+        teacher, student = self.model(images)
         loss = stfpm_loss(teacher, student, self.hparams.get("hard_fraction", 1.0))
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
         return loss
@@ -115,8 +143,7 @@ class STFPM(pl.LightningModule):
         fused = torch.cat(
             [generator.fused([lv[i: i + step] for lv in levels], size) for i in range(0, len(levels[0]), step)]
         )
-        generator.fit_reference(fused)
-        if generator.normalization == "reference" and len(fused) > 1:
+        if generator.fit_reference(fused):
             # each validation image normalized by the mean of the *others*: a new part is not in the reference,
             # so its scores are those of a held-out image, and the thresholds keep their promise
             total = fused.sum(dim=0, keepdim=True)
@@ -127,11 +154,11 @@ class STFPM(pl.LightningModule):
         else:
             fused = generator.normalize(fused)
         maps = torch.cat([generator.smooth(fused[i: i + chunk]) for i in range(0, len(fused), chunk)])
-        scores = image_scores(maps).cpu()
+        scores = generator.score(maps).cpu()
         maps = maps[:, 0].cpu()
         self._val_map_mean = float(maps.double().mean())
         quantile, method = self.hparams["image_threshold_quantile"], self.hparams.get("calibration", "empirical")
-        warning = few_images_warning(len(scores), quantile, method)
+        warning = self.few_validation_warning(len(scores))
         if warning and not self.warned_few:
             self.warned_few = True
             log.warning("%s", warning)
@@ -141,6 +168,16 @@ class STFPM(pl.LightningModule):
         self.image_threshold.fill_(image_thr)
         self.pixel_threshold.fill_(pixel_thr)
         return image_thr, pixel_thr
+
+    def few_validation_warning(self, count: int) -> str | None:
+        """What ``count`` validation images are too few for (the image-threshold quantile, the reference
+        normalization), or None."""
+        quantile, method = self.hparams["image_threshold_quantile"], self.hparams.get("calibration", "empirical")
+        problems = [few_images_warning(count, quantile, method)]
+        if self.model.anomaly_map.normalization == "reference" and count < MIN_REFERENCE_IMAGES:
+            problems.append(f"only {count} validation images: the reference normalization needs at least "
+                            f"{MIN_REFERENCE_IMAGES}, so the map is left as it is (--map-normalization none)")
+        return "; ".join(p for p in problems if p) or None
 
     def _collect_validation(self) -> list[Tensor] | None:
         """This epoch's per-level validation maps [N,1,h,w], gathered from every process under DDP.
@@ -185,14 +222,35 @@ class STFPM(pl.LightningModule):
         out["score"] = scores.float().cpu()
         return out
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.SGD(
+        optimizer = torch.optim.SGD(
             params,
             lr=self.hparams["lr"],
             momentum=self.hparams["momentum"],
             weight_decay=self.hparams["weight_decay"],
         )
+        if self.hparams.get("lr_schedule", "constant") == "constant":
+            return optimizer
+        # cosine: from lr down to 0 at the last step of this run (--epochs, or --max-steps when it comes first), in
+        # closed form of the step: a run resumed with the same length follows it exactly, one resumed with a
+        # larger --epochs follows the schedule of its new length, and the lr stays at 0 past the end
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("--lr-schedule cosine needs a run length: --epochs or --max-steps")
+        steps = max(int(total), 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        # a run resumed with another length restores the lr of its old schedule: take the new one's at this step
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                    group["lr"] = base * factor(scheduler.last_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"format_version": 1, "package_version": __version__, **self.run_info}

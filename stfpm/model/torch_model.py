@@ -34,6 +34,7 @@ class STFPMModel(nn.Module):
         tile_size: int | Sequence[int] | None = None,
         tile_overlap: float = 0.25,
         map_normalization: str = "none",
+        score_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         student_backbone = student_backbone or backbone
@@ -53,7 +54,7 @@ class STFPMModel(nn.Module):
             self.tiler = Tiler(as_hw(image_size), as_hw(tile_size), tile_overlap)
         size = as_hw(image_size) if image_size is not None else None
         self.anomaly_map = AnomalyMapGenerator(
-            len(self.layers), map_fusion, map_sigma, self.tiler, map_normalization, size
+            len(self.layers), map_fusion, map_sigma, self.tiler, map_normalization, size, score_fraction
         )
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:

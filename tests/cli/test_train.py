@@ -122,9 +122,9 @@ def test_resume_continues_in_the_same_run(tiny_data, tmp_path) -> None:
     base = ["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS]
     assert train_main([*base, "--epochs", "1"]) == 0
     last = tmp_path / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["epoch"] == 0
+    assert torch.load(last, weights_only=True)["global_step"] == 2  # 8 training images, batch 4
     assert train_main([*base, "--epochs", "2", "--resume", str(last)]) == 0
-    assert torch.load(last, weights_only=True)["epoch"] == 1
+    assert torch.load(last, weights_only=True)["global_step"] == 4  # one more epoch, in the same run
     assert not (tmp_path / "tiny" / "version_1").exists()
 
 
@@ -207,3 +207,52 @@ def test_best_checkpoint_has_the_lowest_monitored_metric(tiny_data, tmp_path, me
     best_epoch = min(by_epoch, key=by_epoch.get)
     saved = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert saved["epoch"] == best_epoch
+
+
+@pytest.mark.parametrize("augment", ["none", "light"])
+def test_training_step_augments_only_when_asked(augment, recwarn) -> None:
+    model = STFPM(backbone="resnet18", teacher_weights="random", image_size=32, augment=augment)
+    seen: list[torch.Tensor] = []
+    forward = model.model.forward
+    model.model.forward = lambda images: (seen.append(images.clone()), forward(images))[1]  # type: ignore[method-assign]
+    batch = {"image": torch.randn(2, 3, 32, 32)}
+    model.training_step(batch, 0)
+    model.validation_step({"image": batch["image"]}, 0)
+    assert torch.equal(seen[1], batch["image"])  # validation never augments
+    assert torch.equal(seen[0], batch["image"]) == (augment == "none")
+
+
+def test_cosine_schedule_decays_the_lr_to_zero_over_the_run(tiny_data, tmp_path, monkeypatch) -> None:
+    # 8 training images, batch 4: 2 steps an epoch
+    args = ["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS,
+            "--lr", "0.2"]
+    seen: list[float] = []
+
+    class Recorder(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    import stfpm.cli.train
+
+    build = stfpm.cli.train.build_trainer
+
+    def with_recorder(*a, **k):
+        trainer = build(*a, **k)
+        trainer.callbacks.append(Recorder())
+        return trainer
+
+    monkeypatch.setattr(stfpm.cli.train, "build_trainer", with_recorder)
+    assert train_main([*args, "--epochs", "3"]) == 0  # the default schedule: cosine over 6 steps
+    assert seen == pytest.approx([0.1 * (1 + math.cos(math.pi * k / 6)) for k in range(6)])
+    run = tmp_path / "tiny" / "version_0"
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert yaml.safe_load((run / "config.yaml").read_text())["optimizer"]["lr_schedule"] == "cosine"
+    # extending the finished run to 4 epochs: the schedule of 8 steps, from step 6 on
+    seen.clear()
+    assert train_main([*args, "--epochs", "4", "--resume", str(run / "checkpoints" / "last.ckpt")]) == 0
+    assert seen == pytest.approx([0.1 * (1 + math.cos(math.pi * k / 8)) for k in (6, 7)])
+    # the paper's constant rate
+    seen.clear()
+    assert train_main([*args, "--epochs", "1", "--lr-schedule", "constant", "--output-dir", str(tmp_path / "c")]) == 0
+    assert seen == [0.2, 0.2]

@@ -218,12 +218,12 @@ def test_reference_normalization_divides_by_the_validation_mean_map() -> None:
     from stfpm.model.anomaly_map import AnomalyMapGenerator
 
     torch.manual_seed(0)
-    val = [torch.rand(5, 1, 4, 4) + 0.1, torch.rand(5, 1, 2, 2) + 0.1]
+    val = [torch.rand(20, 1, 4, 4) + 0.1, torch.rand(20, 1, 2, 2) + 0.1]
     test = [torch.rand(3, 1, 4, 4) + 0.1, torch.rand(3, 1, 2, 2) + 0.1]
     gen = AnomalyMapGenerator(2, normalization="reference", size=(8, 8))
     plain = AnomalyMapGenerator(2)
     val_fused = plain(val, (8, 8))[0]
-    gen.fit_reference(gen.fused(val, (8, 8)))
+    assert gen.fit_reference(gen.fused(val, (8, 8)))
     reference = val_fused.mean(dim=0, keepdim=True)
     maps, scores = gen(test, (8, 8))
     expected = plain(test, (8, 8))[0] / (reference + reference.mean())
@@ -232,9 +232,12 @@ def test_reference_normalization_divides_by_the_validation_mean_map() -> None:
     assert "reference" in gen.state_dict()
 
 
-def test_reference_thresholds_score_each_validation_image_without_itself(tiny_data, tmp_path) -> None:
+def test_reference_thresholds_score_each_validation_image_without_itself(tiny_data, tmp_path, monkeypatch) -> None:
     """Calibration: validation image i is normalized by the mean of the other validation maps (leave-one-out);
     the stored reference is the mean of all of them."""
+    import stfpm.model.anomaly_map
+
+    monkeypatch.setattr(stfpm.model.anomaly_map, "MIN_REFERENCE_IMAGES", 2)  # the tiny set has 2 validation images
     from conftest import TRAIN_ARGS
     from stfpm.cli.train import main as train_main
     from stfpm.data import MVTecDataModule
@@ -259,3 +262,76 @@ def test_reference_thresholds_score_each_validation_image_without_itself(tiny_da
         others = torch.cat([fused[:i], fused[i + 1:]]).mean(0, keepdim=True)
         scores.append(float((fused[i] / (others + others.mean())).max()))
     assert model.thresholds[0] == pytest.approx(np.quantile(scores, 0.5), rel=1e-4)
+
+
+def test_score_fraction_is_the_mean_of_the_highest_pixels() -> None:
+    from stfpm.model.anomaly_map import image_scores
+
+    maps = torch.zeros(2, 1, 10, 10)
+    maps[0, 0, 0, :5] = torch.tensor([9.0, 7.0, 5.0, 3.0, 1.0])
+    maps[1, 0, 4, 4] = 2.0
+    assert image_scores(maps).tolist() == [9.0, 2.0]
+    assert image_scores(maps, 0.03).tolist() == [7.0, pytest.approx(2 / 3)]  # 3 of 100 pixels
+    assert image_scores(maps, 0.001).tolist() == [9.0, 2.0]  # at least one pixel
+    gen = AnomalyMapGenerator(3, score_fraction=0.05)
+    levels = _levels(4)
+    out, scores = gen(levels, (24, 40))
+    k = round(0.05 * 24 * 40)
+    torch.testing.assert_close(scores, out.flatten(1).sort(dim=1, descending=True).values[:, :k].mean(1))
+    with pytest.raises(ValueError, match="score fraction"):
+        AnomalyMapGenerator(3, score_fraction=1.0)
+
+
+def test_score_fraction_reaches_thresholds_and_export(tiny_data, tmp_path) -> None:
+    """The image threshold is the quantile of the same scores that predict() gives, and the export scores alike."""
+    import json
+
+    from conftest import TRAIN_ARGS
+    from stfpm.cli.train import main as train_main
+    from stfpm.data import MVTecDataModule
+    from stfpm.inference.export import deployable, export
+    from stfpm.model.checkpoint import load_checkpoint
+
+    assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS,
+                       "--epochs", "1", "--score-fraction", "0.02", "--image-threshold-quantile", "0.5",
+                       "--map-normalization", "none"]) == 0  # the reference's leave-one-out is tested on its own
+    model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
+    assert model.model.anomaly_map.score_fraction == 0.02
+    dm = MVTecDataModule(tiny_data, "tiny", image_size=64, batch_size=4)
+    dm.setup("fit")
+    batch = torch.stack([dm.val_dataset[i]["image"] for i in range(len(dm.val_dataset))])
+    with torch.no_grad():
+        maps, scores = model.model.predict(batch)
+    k = round(0.02 * 64 * 64)
+    torch.testing.assert_close(scores, maps.flatten(1).topk(k, dim=1).values.mean(1))
+    assert model.thresholds[0] == pytest.approx(float(np.quantile(scores.numpy(), 0.5)), rel=1e-5)
+    path = export(model, tmp_path / "m.torchscript", "torchscript")
+    assert json.loads((tmp_path / "m.torchscript.json").read_text())["score_fraction"] == 0.02
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(path))(images)[1], deployable(model)(images)[1])
+
+
+def test_reference_needs_enough_validation_images_else_the_map_is_left_as_it_is(tiny_data, tmp_path, caplog) -> None:
+    from conftest import TRAIN_ARGS
+    from stfpm.cli.train import main as train_main
+    from stfpm.model.anomaly_map import MIN_REFERENCE_IMAGES
+    from stfpm.model.checkpoint import load_checkpoint
+
+    few = [torch.rand(MIN_REFERENCE_IMAGES - 1, 1, 4, 4), torch.rand(MIN_REFERENCE_IMAGES - 1, 1, 2, 2)]
+    gen = AnomalyMapGenerator(2, normalization="reference", size=(8, 8))
+    assert not gen.fit_reference(gen.fused(few, (8, 8)))
+    test = [torch.rand(3, 1, 4, 4), torch.rand(3, 1, 2, 2)]
+    torch.testing.assert_close(gen(test, (8, 8))[0], AnomalyMapGenerator(2)(test, (8, 8))[0], rtol=0, atol=0)
+    # train.py says so, up front, and the checkpoint's thresholds are those of the plain map
+    with caplog.at_level("WARNING"):
+        assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path),
+                           *TRAIN_ARGS, "--epochs", "1", "--map-normalization", "reference"]) == 0
+    assert "reference normalization needs at least" in caplog.text
+    model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
+    assert bool((model.model.anomaly_map.reference == 0.5).all())
+    plain = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
+    plain.model.anomaly_map = AnomalyMapGenerator(3)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.model.predict(images), plain.model.predict(images), rtol=0, atol=0)

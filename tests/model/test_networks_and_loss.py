@@ -199,3 +199,23 @@ def test_hard_feature_loss_averages_only_the_hardest_positions() -> None:
     assert stfpm_loss(teacher, student, 0.25).item() > stfpm_loss(teacher, student).item()
     with pytest.raises(ValueError, match="hard_fraction"):
         stfpm_loss(teacher, student, 0.0)
+
+
+def test_checkpoints_older_than_an_option_load_with_the_paper_value(trained_run, tmp_path) -> None:
+    """A checkpoint written before an option existed was trained without it: it must not pick up today's default."""
+    from stfpm.model.checkpoint import load_checkpoint
+    from stfpm.model.lightning_model import PAPER_VALUES
+
+    saved = torch.load(trained_run["checkpoint"], map_location="cpu", weights_only=False)
+    saved["state_dict"] = {k: v for k, v in saved["state_dict"].items() if "reference" not in k}
+    written = {}
+    for name, hparams in (("old", {k: v for k, v in saved["hyper_parameters"].items() if k not in PAPER_VALUES}),
+                          ("paper", {**saved["hyper_parameters"], **PAPER_VALUES})):
+        written[name] = tmp_path / f"{name}.ckpt"
+        torch.save({**saved, "hyper_parameters": hparams}, written[name])
+    old, paper = load_checkpoint(written["old"]), load_checkpoint(written["paper"])
+    assert {option: old.hparams[option] for option in PAPER_VALUES} == PAPER_VALUES
+    assert old.model.anomaly_map.normalization == "none"
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(old.model.predict(images), paper.model.predict(images))
