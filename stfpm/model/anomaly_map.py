@@ -191,6 +191,11 @@ class AnomalyMapGenerator(nn.Module):
         self.reference.copy_(fused_maps.float().mean(dim=0, keepdim=True))
         return True
 
+    @property
+    def reference_in_use(self) -> bool:
+        """Whether maps are divided by a reference map (False also when too few validation images left it uniform)."""
+        return self.normalization == "reference" and not bool((self.reference == 0.5).all())
+
     def extra_repr(self) -> str:
         return (f"fusion={self.fusion}, sigma={self.sigma}, normalization={self.normalization}, "
                 f"score_fraction={self.score_fraction}")

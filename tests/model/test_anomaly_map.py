@@ -223,7 +223,7 @@ def test_reference_normalization_divides_by_the_validation_mean_map() -> None:
     gen = AnomalyMapGenerator(2, normalization="reference", size=(8, 8))
     plain = AnomalyMapGenerator(2)
     val_fused = plain(val, (8, 8))[0]
-    assert gen.fit_reference(gen.fused(val, (8, 8)))
+    assert gen.fit_reference(gen.fused(val, (8, 8))) and gen.reference_in_use
     reference = val_fused.mean(dim=0, keepdim=True)
     maps, scores = gen(test, (8, 8))
     expected = plain(test, (8, 8))[0] / (reference + reference.mean())
@@ -329,7 +329,10 @@ def test_reference_needs_enough_validation_images_else_the_map_is_left_as_it_is(
                            *TRAIN_ARGS, "--epochs", "1", "--map-normalization", "reference"]) == 0
     assert "reference normalization needs at least" in caplog.text
     model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
-    assert bool((model.model.anomaly_map.reference == 0.5).all())
+    assert bool((model.model.anomaly_map.reference == 0.5).all()) and not model.model.anomaly_map.reference_in_use
+    from stfpm.inference.export import metadata
+
+    assert metadata(model, "torchscript")["map_normalization"] == "none"  # what the exported network computes
     plain = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
     plain.model.anomaly_map = AnomalyMapGenerator(3)
     images = torch.rand(2, 3, 64, 64)
