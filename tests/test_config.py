@@ -53,11 +53,12 @@ def test_official_config_pins_every_choice_of_the_paper() -> None:
     """configs/official.yaml stays the paper's recipe whatever our defaults become: every option that departs from
     the paper has its paper value written in the file."""
     args = parse_args(train_parser(), ["--config", str(REPO / "configs" / "official.yaml")])
+    from stfpm.model.lightning_model import PAPER_VALUES
+
     paper = {
-        "backbone": "resnet18", "image_size": 256, "keep_aspect": False, "tile_size": None, "batch_size": 32,
-        "augment": "none", "checkpoint_metric": "val_map_mean", "map_fusion": "product", "map_sigma": 0.0,
-        "map_normalization": "none", "score_fraction": 0.0, "hard_fraction": 1.0, "lr": 0.4, "momentum": 0.9,
-        "weight_decay": 1e-4, "lr_schedule": "constant", "epochs": 100, "student_backbone": None, "layers": None,
+        **PAPER_VALUES, "backbone": "resnet18", "image_size": 256, "keep_aspect": False, "tile_size": None,
+        "batch_size": 32, "checkpoint_metric": "val_map_mean", "lr": 0.4, "momentum": 0.9, "weight_decay": 1e-4,
+        "epochs": 100, "student_backbone": None, "layers": None,
     }
     assert {key: getattr(args, key) for key in paper} == paper
     written = {key for options in yaml.safe_load((REPO / "configs" / "official.yaml").read_text()).values()

@@ -99,13 +99,13 @@ class STFPM(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images = batch["image"]
-        if self.hparams.get("augment", "none") == "light":
+        if self.hparams["augment"] == "light":
             # the draws depend on (seed, step, rank) only, so --resume continues them exactly
             seed = (torch.initial_seed() * 1_000_003 + self.global_step) * 64 + self.global_rank
             generator = torch.Generator(device=images.device).manual_seed(seed % 2**63)
             images = light_augment(images, self.hparams["mean"], self.hparams["std"], generator)
         teacher, student = self.model(images)
-        loss = stfpm_loss(teacher, student, self.hparams.get("hard_fraction", 1.0))
+        loss = stfpm_loss(teacher, student, self.hparams["hard_fraction"])
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
         return loss
 
@@ -157,7 +157,7 @@ class STFPM(pl.LightningModule):
         scores = generator.score(maps).cpu()
         maps = maps[:, 0].cpu()
         self._val_map_mean = float(maps.double().mean())
-        quantile, method = self.hparams["image_threshold_quantile"], self.hparams.get("calibration", "empirical")
+        quantile, method = self.hparams["image_threshold_quantile"], self.hparams["calibration"]
         warning = self.few_validation_warning(len(scores))
         if warning and not self.warned_few:
             self.warned_few = True
@@ -172,7 +172,7 @@ class STFPM(pl.LightningModule):
     def few_validation_warning(self, count: int) -> str | None:
         """What ``count`` validation images are too few for (the image-threshold quantile, the reference
         normalization), or None."""
-        quantile, method = self.hparams["image_threshold_quantile"], self.hparams.get("calibration", "empirical")
+        quantile, method = self.hparams["image_threshold_quantile"], self.hparams["calibration"]
         problems = [few_images_warning(count, quantile, method)]
         if self.model.anomaly_map.normalization == "reference" and count < MIN_REFERENCE_IMAGES:
             problems.append(f"only {count} validation images: the reference normalization needs at least "
@@ -230,7 +230,7 @@ class STFPM(pl.LightningModule):
             momentum=self.hparams["momentum"],
             weight_decay=self.hparams["weight_decay"],
         )
-        if self.hparams.get("lr_schedule", "constant") == "constant":
+        if self.hparams["lr_schedule"] == "constant":
             return optimizer
         # cosine: from lr down to 0 at the last step of this run (--epochs, or --max-steps when it comes first), in
         # closed form of the step: a run resumed with the same length follows it exactly, one resumed with a
