@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from stfpm.data import MVTecDataModule, load_mask, resize_mask
 from stfpm.data.io import as_hw
@@ -54,6 +55,10 @@ RECIPES: dict[str, list[str]] = {
     "square_cosine": ["--image-size", "{size}", "--lr-schedule", "cosine"],
     "square_augment": ["--image-size", "{size}", "--augment", "light"],
     "square_cosine_augment": ["--image-size", "{size}", "--lr-schedule", "cosine", "--augment", "light"],
+    "square_cosine_val55": ["--image-size", "{size}", "--lr-schedule", "cosine", "--val-fraction", "0.55"],
+    "aspect_cosine": ["--image-size", "{size}", "--keep-aspect", "--lr-schedule", "cosine"],
+    "square_2x_cosine": ["--image-size", "{size2x}", "--lr-schedule", "cosine"],
+    "aspect_2x_cosine": ["--image-size", "{size2x}", "--keep-aspect", "--lr-schedule", "cosine"],
 }
 FUSION = ("product", "sum")
 SIGMAS = (0.0, 2.0, 4.0)
@@ -140,9 +145,12 @@ def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path
     model = load_checkpoint(checkpoint)
     hp = model.hparams
     size = as_hw(hp["image_size"])
+    # the validation images of the run itself (a recipe may change --val-fraction): never its training images
+    run_config = yaml.safe_load((checkpoint.parents[1] / "config.yaml").read_text())
     dm = MVTecDataModule(
         Path(args.shared) / "data", dataset, image_size=hp["image_size"], batch_size=16,
         num_workers=args.num_workers, seed=seed, mean=hp["mean"], std=hp["std"],
+        val_fraction=run_config["data"]["val_fraction"],
     )
     dm.setup("fit")
     val_levels, _ = level_maps(model, dm.val_dataloader())

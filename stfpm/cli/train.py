@@ -118,7 +118,7 @@ def build_parser() -> Parser:
     model.add_argument(
         "--map-normalization", default=MODEL["map_normalization"], choices=list(NORMALIZATIONS),
         help="reference: divide the map, position by position, by the validation normals' mean map "
-        "(with at least 20 validation images; none: the paper's map)",
+        "(when the validation maps are of at least 20 images' worth; none: the paper's map)",
     )
     model.add_argument(
         "--score-fraction", type=float, default=MODEL["score_fraction"],

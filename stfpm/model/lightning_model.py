@@ -14,7 +14,7 @@ from stfpm import __version__
 from stfpm.data.augment import AUGMENTATIONS, light_augment
 from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, as_hw, size_record
 from stfpm.inference.thresholding import CALIBRATIONS, calibrate, few_images_warning
-from stfpm.model.anomaly_map import MIN_REFERENCE_IMAGES, layer_anomaly_maps
+from stfpm.model.anomaly_map import MIN_REFERENCE_IMAGES, effective_image_count, layer_anomaly_maps
 from stfpm.model.loss import stfpm_loss
 from stfpm.model.torch_model import STFPMModel
 
@@ -89,6 +89,7 @@ class STFPM(pl.LightningModule):
         # per validation batch: the per-level maps at their own resolution, and the images' dataset indices
         self._val_levels: list[tuple[list[Tensor], Tensor]] = []
         self.warned_few = False  # the few-validation-images warning was given
+        self.warned_dominated = False  # the warning that a few validation images dominate the reference was given
         self._val_map_mean = math.nan
         self.validated_step = -1  # the optimizer step whose weights the stored thresholds were calibrated on
 
@@ -152,6 +153,13 @@ class STFPM(pl.LightningModule):
                 for i in range(len(fused))
             ])
         else:
+            if generator.normalization == "reference" and len(fused) >= MIN_REFERENCE_IMAGES and not self.warned_dominated:
+                self.warned_dominated = True
+                log.warning(
+                    "the %d validation maps average only %.1f images' worth (a few of them dominate their mean): the "
+                    "reference normalization needs %d, so the map is left as it is (--map-normalization none)",
+                    len(fused), effective_image_count(fused), MIN_REFERENCE_IMAGES,
+                )
             fused = generator.normalize(fused)
         maps = torch.cat([generator.smooth(fused[i: i + chunk]) for i in range(0, len(fused), chunk)])
         scores = generator.score(maps).cpu()

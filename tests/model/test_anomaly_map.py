@@ -218,7 +218,7 @@ def test_reference_normalization_divides_by_the_validation_mean_map() -> None:
     from stfpm.model.anomaly_map import AnomalyMapGenerator
 
     torch.manual_seed(0)
-    val = [torch.rand(20, 1, 4, 4) + 0.1, torch.rand(20, 1, 2, 2) + 0.1]
+    val = [torch.rand(30, 1, 4, 4) * 0.2 + 0.5, torch.rand(30, 1, 2, 2) * 0.2 + 0.5]  # alike: 29.8 images' worth
     test = [torch.rand(3, 1, 4, 4) + 0.1, torch.rand(3, 1, 2, 2) + 0.1]
     gen = AnomalyMapGenerator(2, normalization="reference", size=(8, 8))
     plain = AnomalyMapGenerator(2)
@@ -237,7 +237,7 @@ def test_reference_thresholds_score_each_validation_image_without_itself(tiny_da
     the stored reference is the mean of all of them."""
     import stfpm.model.anomaly_map
 
-    monkeypatch.setattr(stfpm.model.anomaly_map, "MIN_REFERENCE_IMAGES", 2)  # the tiny set has 2 validation images
+    monkeypatch.setattr(stfpm.model.anomaly_map, "MIN_REFERENCE_IMAGES", 1)  # the tiny set has 2 validation images
     from conftest import TRAIN_ARGS
     from stfpm.cli.train import main as train_main
     from stfpm.data import MVTecDataModule
@@ -338,3 +338,42 @@ def test_reference_needs_enough_validation_images_else_the_map_is_left_as_it_is(
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model.model.predict(images), plain.model.predict(images), rtol=0, atol=0)
+
+
+def test_effective_image_count_on_hand_built_maps() -> None:
+    from stfpm.model.anomaly_map import effective_image_count
+
+    assert effective_image_count(torch.full((7, 1, 3, 4), 0.3)) == pytest.approx(7)  # all alike: every image
+    one = torch.zeros(7, 1, 3, 4)
+    one[2] = 5.0
+    assert effective_image_count(one) == pytest.approx(1)  # one image holds the whole mean
+    pair = torch.cat([torch.full((1, 1, 3, 4), 1.0), torch.full((1, 1, 3, 4), 3.0)])
+    assert effective_image_count(pair) == pytest.approx(16 / 10)  # (1 + 3)^2 / (1 + 9)
+    mixed = torch.full((4, 1, 1, 3), 1.0)
+    mixed[0, 0, 0, 0] = 0.0
+    mixed[:, 0, 0, 1] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    # positions: 3 alike of 4 (9/3 = 3), one alone (1), all alike (4): the median is 3
+    assert effective_image_count(mixed) == pytest.approx(3)
+    assert effective_image_count(torch.zeros(5, 1, 2, 2)) == pytest.approx(5)  # nothing to dominate
+
+
+def test_reference_is_not_used_when_a_few_validation_images_dominate_their_mean(caplog) -> None:
+    """Enough validation images, but one rare normal part holds most of the mean map: leave the map as it is, say
+    so, and calibrate the thresholds on the plain map."""
+    from stfpm.model.lightning_model import STFPM
+
+    torch.manual_seed(0)
+    alike = [torch.rand(40, 1, 4, 4) * 0.2 + 0.5, torch.rand(40, 1, 2, 2) * 0.2 + 0.5, torch.rand(40, 1, 1, 1) + 1]
+    dominated = [level.clone() * 0.01 for level in alike]
+    for level in dominated:
+        level[:3] = 100.0  # three rare parts, much harder for the student than the other 37
+    model = STFPM(backbone="resnet18", teacher_weights="random", image_size=8, map_normalization="reference",
+                  image_threshold_quantile=0.5)
+    generator = model.model.anomaly_map
+    with caplog.at_level("WARNING"):
+        model.calibrate_on(alike, (8, 8))
+        assert generator.reference_in_use and "dominate" not in caplog.text
+        image_thr, _ = model.calibrate_on(dominated, (8, 8))
+    assert not generator.reference_in_use and "average only 3.0 images' worth" in caplog.text
+    plain = AnomalyMapGenerator(3)(dominated, (8, 8))[1]
+    assert image_thr == pytest.approx(float(np.quantile(plain.numpy(), 0.5)), rel=1e-6)
