@@ -39,7 +39,7 @@ from stfpm.data.io import as_hw, aspect_preserving_size, median_aspect, size_rec
 from stfpm.errors import DataError
 from stfpm.inference.engine import ENGINE_CHECKS, add_device_args, build_trainer
 from stfpm.inference.thresholding import CALIBRATIONS
-from stfpm.model.anomaly_map import FUSIONS, NORMALIZATIONS
+from stfpm.model.anomaly_map import FUSIONS, MIN_REFERENCE_IMAGES, NORMALIZATIONS, reference_is_uniform
 from stfpm.model.backbones import PRESETS
 from stfpm.model.checkpoint import AtomicCheckpointIO, read_checkpoint, require_ours
 from stfpm.model.lightning_model import LR_SCHEDULES, STFPM
@@ -336,6 +336,11 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
         float(state["image_threshold"]),
         float(state["pixel_threshold"]),
     )
+    reference = state.get("model.anomaly_map.reference")
+    if reference is not None and reference_is_uniform(reference) and has_val:
+        # said again here: the warning given during training may be lost among progress-bar lines
+        log.warning("%s: the map is left as it is (no reference normalization): the validation maps were of fewer "
+                    "than %d images' worth", category, MIN_REFERENCE_IMAGES)
     return best
 
 

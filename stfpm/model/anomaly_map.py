@@ -30,6 +30,11 @@ the test parts, and the calibrated threshold stands above every defect. Measured
 1% of the defects; bsdata's 110 validation images average about 40 images' worth, and the reference helps there."""
 
 
+def reference_is_uniform(reference: Tensor) -> bool:
+    """Whether a stored reference map is the uniform one that leaves maps as they are (see ``fit_reference``)."""
+    return bool((reference == 0.5).all())
+
+
 def effective_image_count(maps: Tensor) -> float:
     """How many images the mean of ``maps`` [N,1,H,W] (non-negative) effectively averages: at each position
     ``(sum_i m_i)^2 / sum_i m_i^2`` (N when every image contributes alike, 1 when one image holds it all), and the
@@ -208,7 +213,7 @@ class AnomalyMapGenerator(nn.Module):
     @property
     def reference_in_use(self) -> bool:
         """Whether maps are divided by a reference map (False also when too few validation images left it uniform)."""
-        return self.normalization == "reference" and not bool((self.reference == 0.5).all())
+        return self.normalization == "reference" and not reference_is_uniform(self.reference)
 
     def extra_repr(self) -> str:
         return (f"fusion={self.fusion}, sigma={self.sigma}, normalization={self.normalization}, "

@@ -235,9 +235,12 @@ def test_reference_normalization_divides_by_the_validation_mean_map() -> None:
 def test_reference_thresholds_score_each_validation_image_without_itself(tiny_data, tmp_path, monkeypatch) -> None:
     """Calibration: validation image i is normalized by the mean of the other validation maps (leave-one-out);
     the stored reference is the mean of all of them."""
+    import stfpm.cli.train
     import stfpm.model.anomaly_map
+    import stfpm.model.lightning_model
 
-    monkeypatch.setattr(stfpm.model.anomaly_map, "MIN_REFERENCE_IMAGES", 1)  # the tiny set has 2 validation images
+    for module in (stfpm.model.anomaly_map, stfpm.model.lightning_model, stfpm.cli.train):  # every module naming it
+        monkeypatch.setattr(module, "MIN_REFERENCE_IMAGES", 1)  # the tiny set has 2 validation images
     from conftest import TRAIN_ARGS
     from stfpm.cli.train import main as train_main
     from stfpm.data import MVTecDataModule
@@ -328,6 +331,7 @@ def test_reference_needs_enough_validation_images_else_the_map_is_left_as_it_is(
         assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path),
                            *TRAIN_ARGS, "--epochs", "1", "--map-normalization", "reference"]) == 0
     assert "reference normalization needs at least" in caplog.text
+    assert "the map is left as it is (no reference normalization)" in caplog.text  # and again after training
     model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
     assert bool((model.model.anomaly_map.reference == 0.5).all()) and not model.model.anomaly_map.reference_in_use
     from stfpm.inference.export import metadata
