@@ -26,8 +26,9 @@ MIN_REFERENCE_IMAGES = 20
 (:func:`effective_image_count`), else it leaves the map as it is. The mean of a few maps is dominated by any one of
 them: a rare kind of normal part seen once in validation then scores, against the others, tens of times higher than
 the test parts, and the calibrated threshold stands above every defect. Measured on battery_weld (docs/recipe_study.md):
-7 validation images at 256 px and 20 at 128 px, both after 100 epochs, averaged about 3 images' worth and flagged 0 and
-1% of the defects; bsdata's 110 validation images average about 40 images' worth, and the reference helps there."""
+7 validation images at 256 px and 20 at 128 px, both after 100 epochs, averaged 1.5 and about 3 images' worth and
+flagged 0 and 1% of the defects; bsdata's 110 validation images average 27 to 68 images' worth, and the reference
+helps there."""
 
 
 def reference_is_uniform(reference: Tensor) -> bool:
