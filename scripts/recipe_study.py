@@ -59,6 +59,9 @@ RECIPES: dict[str, list[str]] = {
     "aspect_cosine": ["--image-size", "{size}", "--keep-aspect", "--lr-schedule", "cosine"],
     "square_2x_cosine": ["--image-size", "{size2x}", "--lr-schedule", "cosine"],
     "aspect_2x_cosine": ["--image-size", "{size2x}", "--keep-aspect", "--lr-schedule", "cosine"],
+    "square_cosine_student_teacher": ["--image-size", "{size}", "--lr-schedule", "cosine", "--student-init", "teacher"],
+    # two tiles of {size} side by side, sharing a quarter (the default --tile-overlap): twice the compute
+    "tile_2x_cosine": ["--image-size", "{size}", "{size_2tiles}", "--tile-size", "{size}", "--lr-schedule", "cosine"],
 }
 FUSION = ("product", "sum")
 SIGMAS = (0.0, 2.0, 4.0)
@@ -96,9 +99,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def recipe_flags(recipe: str, size: int, epochs: int) -> tuple[list[str], int, int]:
     """The recipe's train.py flags, its image size (the side of the square of equal area) and its epochs."""
-    fill = dict(size=size, size2x=round(size * math.sqrt(2)), epochs2x=2 * epochs)
+    fill = dict(size=size, size2x=round(size * math.sqrt(2)), epochs2x=2 * epochs, size_2tiles=size + round(size * 0.75))
     extra = [flag.format(**fill) for flag in RECIPES[recipe]]
-    side = int(extra[extra.index("--image-size") + 1])
+    at = extra.index("--image-size") + 1
+    hw = [int(v) for v in itertools.takewhile(str.isdigit, extra[at: at + 2])]
+    side = round(math.sqrt(hw[0] * hw[-1]))
     return extra, side, int(extra[extra.index("--epochs") + 1]) if "--epochs" in extra else epochs
 
 

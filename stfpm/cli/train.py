@@ -43,6 +43,7 @@ from stfpm.model.anomaly_map import FUSIONS, MIN_REFERENCE_IMAGES, NORMALIZATION
 from stfpm.model.backbones import PRESETS
 from stfpm.model.checkpoint import AtomicCheckpointIO, read_checkpoint, require_ours
 from stfpm.model.lightning_model import LR_SCHEDULES, STFPM
+from stfpm.model.torch_model import STUDENT_INITS
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,10 @@ def build_parser() -> Parser:
     model.add_argument("--backbone", default=MODEL["backbone"], choices=list(PRESETS), help="teacher architecture")
     model.add_argument(
         "--student-backbone", choices=list(PRESETS), help="student architecture (default: same as the teacher)"
+    )
+    model.add_argument(
+        "--student-init", default=MODEL["student_init"], choices=list(STUDENT_INITS),
+        help="random (the paper's) or teacher: the student starts as a copy of the teacher's pretrained weights",
     )
     model.add_argument("--layers", nargs="+", help="feature levels (default: the backbone's three, e.g. layer1-3)")
     model.add_argument(

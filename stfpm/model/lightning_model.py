@@ -25,6 +25,7 @@ LR_SCHEDULES = ("constant", "cosine")
 PAPER_VALUES = {
     "map_fusion": "product", "map_sigma": 0.0, "map_normalization": "none", "score_fraction": 0.0,
     "calibration": "empirical", "hard_fraction": 1.0, "lr_schedule": "constant", "augment": "none",
+    "student_init": "random",
 }
 """Options beyond the paper, at the paper's values. A checkpoint whose hyperparameters lack one of them was written
 before the option existed, so it was trained and calibrated with this value, whatever today's default is."""
@@ -64,6 +65,7 @@ class STFPM(pl.LightningModule):
         lr_schedule: str = "cosine",
         augment: str = "none",
         score_fraction: float = 0.0,
+        student_init: str = "random",
     ) -> None:
         super().__init__()
         for name, value, choices in (
@@ -74,7 +76,7 @@ class STFPM(pl.LightningModule):
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
         self.model = STFPMModel(
             backbone, student_backbone, layers, teacher_weights, map_fusion, map_sigma, image_size, tile_size,
-            tile_overlap, map_normalization, score_fraction,
+            tile_overlap, map_normalization, score_fraction, student_init,
         )
         self.save_hyperparameters()
         self.hparams["student_backbone"] = student_backbone or backbone

@@ -12,6 +12,8 @@ from stfpm.model.anomaly_map import AnomalyMapGenerator, layer_anomaly_maps
 from stfpm.model.backbones import build_backbone, get_preset, layer_channels, layer_strides, resolve_layers
 from stfpm.model.tiling import Tiler
 
+STUDENT_INITS = ("random", "teacher")
+
 
 class STFPMModel(nn.Module):
     """A frozen pretrained teacher and a trainable student with the same feature pyramid.
@@ -20,6 +22,9 @@ class STFPMModel(nn.Module):
     teacher with a ResNet-18 student) the student gets a learned 1x1 convolution per level that maps its
     features to the teacher's width. This is an extension of this project; the paper uses identical
     architectures, where no projection exists.
+
+    ``student_init``: ``random`` (the paper) or ``teacher``, a student that starts as a copy of the teacher's
+    pretrained weights (same architecture only).
     """
 
     def __init__(
@@ -35,13 +40,23 @@ class STFPMModel(nn.Module):
         tile_overlap: float = 0.25,
         map_normalization: str = "none",
         score_fraction: float = 0.0,
+        student_init: str = "random",
     ) -> None:
         super().__init__()
+        if student_init not in STUDENT_INITS:
+            raise ValueError(f"unknown student_init {student_init!r}; choose one of {', '.join(STUDENT_INITS)}")
         student_backbone = student_backbone or backbone
+        if student_init == "teacher" and student_backbone != backbone:
+            raise WeightsError(
+                f"--student-init teacher copies the teacher's weights, so the student must be a {backbone} too "
+                f"(got --student-backbone {student_backbone})"
+            )
         self.layers = resolve_layers(backbone, layers)
         student_layers = _matching_student_layers(backbone, student_backbone, self.layers)
         self.teacher = build_backbone(backbone, self.layers, teacher_weights, frozen=True)
         self.student = build_backbone(student_backbone, student_layers, None, frozen=False)
+        if student_init == "teacher":
+            self.student.load_state_dict(self.teacher.state_dict())
         t_channels = layer_channels(backbone, self.layers)
         s_channels = layer_channels(student_backbone, student_layers)
         self.projections = nn.ModuleList(

@@ -60,6 +60,17 @@ def test_heterogeneous_pair_trains_and_round_trips_through_checkpoint(tiny_data,
     assert maps.shape == (2, 1, 64, 64) and torch.isfinite(scores).all()
 
 
+def test_student_initialised_from_the_teacher_trains_away_from_it(tiny_data, tmp_path) -> None:
+    argv = ["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS]
+    assert train_main([*argv, "--epochs", "1", "--student-init", "teacher"]) == 0
+    model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "last.ckpt")
+    assert model.hparams["student_init"] == "teacher"
+    teacher, student = model.model.teacher.state_dict(), model.model.student.state_dict()
+    assert any(not torch.equal(teacher[k], student[k]) for k in teacher if k.endswith("weight"))
+    maps, _ = model.model.predict(torch.rand(1, 3, 64, 64))
+    assert maps.max() > 0
+
+
 def test_train_py_writes_a_loadable_run(trained_run) -> None:
     run_dir = trained_run["run_dir"]
     assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -134,6 +145,7 @@ def test_resume_continues_in_the_same_run(tiny_data, tmp_path) -> None:
         (["--data-root", "/nonexistent/root", "--category", "tiny"], "does not exist"),
         (["--category", "nosuch"], "found tiny"),
         (["--category", "tiny", "--teacher-weights", "/nonexistent.pth"], "does not exist"),
+        (["--category", "tiny", "--student-backbone", "resnet34", "--student-init", "teacher"], "must be a resnet18"),
     ],
 )
 def test_bad_training_input_is_one_clear_line(tiny_data, tmp_path, capsys, extra, message) -> None:

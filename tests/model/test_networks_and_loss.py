@@ -179,6 +179,25 @@ def test_heterogeneous_pair_projects_student_to_teacher_channels() -> None:
     assert all(isinstance(p, nn.Identity) for p in same.projections)
 
 
+def test_student_init_from_the_teacher_copies_its_weights() -> None:
+    random_student = STFPMModel("resnet18", teacher_weights="random")
+    model = STFPMModel("resnet18", teacher_weights="random", student_init="teacher")
+    teacher, student = model.teacher.state_dict(), model.student.state_dict()
+    assert teacher.keys() == student.keys()
+    assert all(torch.equal(teacher[k], student[k]) for k in teacher)
+    random_teacher, random_init = random_student.teacher.state_dict(), random_student.student.state_dict()
+    assert not all(torch.equal(random_teacher[k], random_init[k]) for k in random_teacher)
+    # copies, not shared tensors: training the student leaves the teacher as it was
+    assert all(t.data_ptr() != s.data_ptr() for t, s in zip(model.teacher.parameters(), model.student.parameters()))
+    assert all(p.requires_grad for p in model.student.parameters())
+    model.eval()
+    assert torch.count_nonzero(model.predict(torch.randn(2, 3, 64, 64))[0]) == 0  # identical networks: an empty map
+    with pytest.raises(WeightsError, match="student must be a resnet18"):
+        STFPMModel("resnet18", student_backbone="resnet34", teacher_weights=None, student_init="teacher")
+    with pytest.raises(ValueError, match="unknown student_init"):
+        STFPMModel("resnet18", teacher_weights=None, student_init="imagenet")
+
+
 def test_unknown_backbone_and_layer_are_one_line_errors() -> None:
     with pytest.raises(WeightsError, match="unknown backbone"):
         STFPMModel("resnet9000", teacher_weights=None)
