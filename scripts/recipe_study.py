@@ -75,6 +75,12 @@ FIGURES = (
 )
 
 
+def _level_subset(text: str) -> str:
+    if text != "all" and not all(part.isdigit() for part in text.split(",")):
+        raise argparse.ArgumentTypeError(f"expected `all` or level indices such as 1,2; got {text!r}")
+    return text
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", default="../shared", help="folder with data/<set> and " + WEIGHTS)
@@ -91,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--normalizations", nargs="+", default=list(NORMALIZATIONS), choices=list(NORMALIZATIONS))
     p.add_argument("--score-fractions", nargs="+", type=float, default=list(SCORE_FRACTIONS),
                    help="image score: mean of this share of highest map pixels (0: the maximum)")
+    p.add_argument("--levels", nargs="+", default=["all"], type=_level_subset,
+                   help="pyramid levels fused into the map: all, or indices from the finest, e.g. 1,2")
     p.add_argument("--out", default="study", help="runs and results.jsonl go here; finished runs are reused")
     p.add_argument("--report", help="write the Markdown table of means ± sd here")
     p.add_argument("--report-only", action="store_true", help="only aggregate results.jsonl")
@@ -172,14 +180,17 @@ def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path
     labels = np.array([s.label for s in samples], np.int8)
     has_mask = np.array([s.label == 0 or s.mask_path is not None for s in samples])
     rows = []
-    grid = itertools.product(args.fusions, args.sigmas, args.calibrations, args.normalizations, args.score_fractions)
-    for fusion, sigma, calibration, normalization, score_fraction in grid:
+    grid = itertools.product(
+        args.fusions, args.sigmas, args.calibrations, args.normalizations, args.score_fractions, args.levels
+    )
+    for fusion, sigma, calibration, normalization, score_fraction, levels in grid:
+        keep = range(len(val_levels)) if levels == "all" else [int(i) for i in levels.split(",")]
         model.model.anomaly_map = AnomalyMapGenerator(
-            len(val_levels), fusion, sigma, model.model.tiler, normalization, size, score_fraction
+            len(keep), fusion, sigma, model.model.tiler, normalization, size, score_fraction
         )
         model.hparams["calibration"] = calibration
-        image_thr, pixel_thr = model.calibrate_on(val_levels, size)
-        maps, scores = model.model.anomaly_map(test_levels, size)
+        image_thr, pixel_thr = model.calibrate_on([val_levels[i] for i in keep], size)
+        maps, scores = model.model.anomaly_map([test_levels[i] for i in keep], size)
         full = [resize_map(m[0], hw).numpy() for m, hw in zip(maps, sizes)]
         pred = TestPredictions(
             scores=scores.numpy().astype(np.float32), labels=labels, maps=full, masks=masks, has_mask=has_mask,
@@ -198,7 +209,7 @@ def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path
             float(np.mean(np.concatenate([g.ravel() for g in good]) >= pixel_thr)) if good else math.nan
         )
         rows.append({"fusion": fusion, "sigma": sigma, "calibration": calibration, "normalization": normalization,
-                     "score_fraction": score_fraction, **{k: figures[k] for k in FIGURES}})
+                     "score_fraction": score_fraction, "levels": levels, **{k: figures[k] for k in FIGURES}})
     return rows, infer_ips
 
 
@@ -248,12 +259,12 @@ def report(args: argparse.Namespace) -> str:
     rows = [json.loads(line) for line in (Path(args.out) / "results.jsonl").read_text().splitlines()]
     setting = lambda r: (  # noqa: E731
         r["recipe"], r["image_size"], r["epochs"], r["fusion"], r["sigma"], r["calibration"], r.get("normalization", "none"),
-        r.get("score_fraction", 0.0),
+        r.get("score_fraction", 0.0), r.get("levels", "all"),
     )
     out = []
     for dataset in sorted({r["dataset"] for r in rows}):
         subset = [r for r in rows if r["dataset"] == dataset]
-        header = ["recipe", "size", "epochs", "fusion", "σ", "calibration", "normalization", "score", "seeds",
+        header = ["recipe", "size", "epochs", "fusion", "σ", "calibration", "normalization", "score", "levels", "seeds",
                   *COLUMNS.values(),
                   "train img/s", "infer img/s"]
         lines = [f"### {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -262,7 +273,7 @@ def report(args: argparse.Namespace) -> str:
             train_ips = [r["train_img_s"] for r in group if r["train_img_s"] > 0]
             _, side, epochs = recipe_flags(key[0], key[1], key[2])
             score = "max" if key[7] == 0 else f"top {key[7]:.0%}"
-            cells = [key[0], str(side), str(epochs), key[3], f"{key[4]:g}", key[5], key[6], score, str(len(group)),
+            cells = [key[0], str(side), str(epochs), key[3], f"{key[4]:g}", key[5], key[6], score, key[8], str(len(group)),
                      *(_mean_sd([r.get(c) for r in group]) for c in COLUMNS),
                      f"{np.mean(train_ips):.1f}" if train_ips else "n/a",
                      f"{np.mean([r['infer_img_s'] for r in group]):.1f}"]
