@@ -185,6 +185,8 @@ def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path
     )
     for fusion, sigma, calibration, normalization, score_fraction, levels in grid:
         keep = range(len(val_levels)) if levels == "all" else [int(i) for i in levels.split(",")]
+        if max(keep) >= len(val_levels):
+            raise SystemExit(f"error: --levels {levels}: this model has levels 0 to {len(val_levels) - 1}")
         model.model.anomaly_map = AnomalyMapGenerator(
             len(keep), fusion, sigma, model.model.tiler, normalization, size, score_fraction
         )
