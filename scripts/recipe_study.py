@@ -31,10 +31,11 @@ import yaml
 
 from stfpm.data import MVTecDataModule, load_mask, resize_mask
 from stfpm.data.io import as_hw
+from stfpm.errors import ConfigError
 from stfpm.evaluation.metrics import overlap_at_threshold
 from stfpm.evaluation.results import TestPredictions, compute_metrics
 from stfpm.inference.postprocess import resize_map
-from stfpm.model.anomaly_map import NORMALIZATIONS, AnomalyMapGenerator
+from stfpm.model.anomaly_map import NORMALIZATIONS, SCORE_LEVELS, AnomalyMapGenerator, resolve_score_levels
 from stfpm.model.checkpoint import find_latest_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,9 +77,14 @@ FIGURES = (
 
 
 def _level_subset(text: str) -> str:
-    if text != "all" and not all(part.isdigit() for part in text.split(",")):
-        raise argparse.ArgumentTypeError(f"expected `all` or level indices such as 1,2; got {text!r}")
+    if text not in SCORE_LEVELS and not all(part.isdigit() for part in text.split(",")):
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(SCORE_LEVELS)}, or level indices such as 1,2; got {text!r}")
     return text
+
+
+def _level_spec(text: str) -> str | list[int]:
+    """``all``/``coarser`` as they are, ``1,2`` as indices."""
+    return text if text in SCORE_LEVELS else [int(i) for i in text.split(",")]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,7 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--score-fractions", nargs="+", type=float, default=list(SCORE_FRACTIONS),
                    help="image score: mean of this share of highest map pixels (0: the maximum)")
     p.add_argument("--levels", nargs="+", default=["all"], type=_level_subset,
-                   help="pyramid levels fused into the map: all, or indices from the finest, e.g. 1,2")
+                   help="pyramid levels fused into the map: all, coarser, or indices from the finest, e.g. 1,2")
+    p.add_argument("--score-levels", nargs="+", default=["all"], type=_level_subset,
+                   help="levels (of those fused) the image score comes from: all, coarser, or indices, e.g. 1,2")
     p.add_argument("--out", default="study", help="runs and results.jsonl go here; finished runs are reused")
     p.add_argument("--report", help="write the Markdown table of means ± sd here")
     p.add_argument("--report-only", action="store_true", help="only aggregate results.jsonl")
@@ -181,14 +189,16 @@ def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path
     has_mask = np.array([s.label == 0 or s.mask_path is not None for s in samples])
     rows = []
     grid = itertools.product(
-        args.fusions, args.sigmas, args.calibrations, args.normalizations, args.score_fractions, args.levels
+        args.fusions, args.sigmas, args.calibrations, args.normalizations, args.score_fractions, args.levels,
+        args.score_levels,
     )
-    for fusion, sigma, calibration, normalization, score_fraction, levels in grid:
-        keep = range(len(val_levels)) if levels == "all" else [int(i) for i in levels.split(",")]
-        if max(keep) >= len(val_levels):
-            raise SystemExit(f"error: --levels {levels}: this model has levels 0 to {len(val_levels) - 1}")
+    for fusion, sigma, calibration, normalization, score_fraction, levels, score_levels in grid:
+        try:
+            keep = resolve_score_levels(_level_spec(levels), len(val_levels))
+        except ConfigError as exc:
+            raise SystemExit(f"error: --levels {levels}: {str(exc).split(': ', 1)[1]}") from None
         model.model.anomaly_map = AnomalyMapGenerator(
-            len(keep), fusion, sigma, model.model.tiler, normalization, size, score_fraction
+            len(keep), fusion, sigma, model.model.tiler, normalization, size, score_fraction, _level_spec(score_levels)
         )
         model.hparams["calibration"] = calibration
         image_thr, pixel_thr = model.calibrate_on([val_levels[i] for i in keep], size)
@@ -211,7 +221,8 @@ def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path
             float(np.mean(np.concatenate([g.ravel() for g in good]) >= pixel_thr)) if good else math.nan
         )
         rows.append({"fusion": fusion, "sigma": sigma, "calibration": calibration, "normalization": normalization,
-                     "score_fraction": score_fraction, "levels": levels, **{k: figures[k] for k in FIGURES}})
+                     "score_fraction": score_fraction, "levels": levels, "score_levels": score_levels,
+                     **{k: figures[k] for k in FIGURES}})
     return rows, infer_ips
 
 
@@ -261,12 +272,13 @@ def report(args: argparse.Namespace) -> str:
     rows = [json.loads(line) for line in (Path(args.out) / "results.jsonl").read_text().splitlines()]
     setting = lambda r: (  # noqa: E731
         r["recipe"], r["image_size"], r["epochs"], r["fusion"], r["sigma"], r["calibration"], r.get("normalization", "none"),
-        r.get("score_fraction", 0.0), r.get("levels", "all"),
+        r.get("score_fraction", 0.0), r.get("levels", "all"), r.get("score_levels", "all"),
     )
     out = []
     for dataset in sorted({r["dataset"] for r in rows}):
         subset = [r for r in rows if r["dataset"] == dataset]
-        header = ["recipe", "size", "epochs", "fusion", "σ", "calibration", "normalization", "score", "levels", "seeds",
+        header = ["recipe", "size", "epochs", "fusion", "σ", "calibration", "normalization", "score", "levels",
+                  "score levels", "seeds",
                   *COLUMNS.values(),
                   "train img/s", "infer img/s"]
         lines = [f"### {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -275,7 +287,8 @@ def report(args: argparse.Namespace) -> str:
             train_ips = [r["train_img_s"] for r in group if r["train_img_s"] > 0]
             _, side, epochs = recipe_flags(key[0], key[1], key[2])
             score = "max" if key[7] == 0 else f"top {key[7]:.0%}"
-            cells = [key[0], str(side), str(epochs), key[3], f"{key[4]:g}", key[5], key[6], score, key[8], str(len(group)),
+            cells = [key[0], str(side), str(epochs), key[3], f"{key[4]:g}", key[5], key[6], score, key[8], key[9],
+                     str(len(group)),
                      *(_mean_sd([r.get(c) for r in group]) for c in COLUMNS),
                      f"{np.mean(train_ips):.1f}" if train_ips else "n/a",
                      f"{np.mean([r['infer_img_s'] for r in group]):.1f}"]

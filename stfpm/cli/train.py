@@ -13,6 +13,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -36,11 +37,18 @@ from stfpm.config import (
 from stfpm.data import DEFAULT_DATA_ROOT, MVTecDataModule, list_categories, resolve_category_dir, scan_train
 from stfpm.data.augment import AUGMENTATIONS
 from stfpm.data.io import as_hw, aspect_preserving_size, median_aspect, size_record
-from stfpm.errors import DataError
+from stfpm.errors import ConfigError, DataError
 from stfpm.inference.engine import ENGINE_CHECKS, add_device_args, build_trainer
 from stfpm.inference.thresholding import CALIBRATIONS
-from stfpm.model.anomaly_map import FUSIONS, MIN_REFERENCE_IMAGES, NORMALIZATIONS, reference_is_uniform
-from stfpm.model.backbones import PRESETS
+from stfpm.model.anomaly_map import (
+    FUSIONS,
+    MIN_REFERENCE_IMAGES,
+    NORMALIZATIONS,
+    SCORE_LEVELS,
+    reference_is_uniform,
+    resolve_score_levels,
+)
+from stfpm.model.backbones import PRESETS, resolve_layers
 from stfpm.model.checkpoint import AtomicCheckpointIO, read_checkpoint, require_ours
 from stfpm.model.lightning_model import LR_SCHEDULES, STFPM
 from stfpm.model.torch_model import STUDENT_INITS
@@ -128,6 +136,11 @@ def build_parser() -> Parser:
     model.add_argument(
         "--score-fraction", type=float, default=MODEL["score_fraction"],
         help="image score: the mean of this share of the map's highest pixels (0: the maximum, as the paper)",
+    )
+    model.add_argument(
+        "--score-levels", nargs="+", default=MODEL["score_levels"], metavar="LEVEL",
+        help="levels the image score is fused from: all (the paper's), coarser (all but the finest) or indices of "
+        "--layers, 0 the finest (the map and its masks fuse every level)",
     )
     model.add_argument(
         "--hard-fraction", type=float, default=MODEL["hard_fraction"],
@@ -371,9 +384,24 @@ TRAIN_CHECKS = {
 }
 
 
+def score_levels_value(value: Any) -> str | list[int]:
+    """``--score-levels`` from flags (a list of words) or YAML (a word, an integer or a list): ``all``, ``coarser`` or
+    a list of level indices; a one-line error otherwise. Whether the indices exist is checked against the model."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    words = [str(v) for v in values]
+    if len(words) == 1 and words[0] in SCORE_LEVELS:
+        return words[0]
+    if words and all(w.isdigit() for w in words) and not any(isinstance(v, bool) for v in values):
+        return [int(w) for w in words]
+    raise ConfigError(f"--score-levels must be {' or '.join(SCORE_LEVELS)}, or level indices (0 the finest), "
+                      f"got {value!r}")
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Every value, from flags or a YAML file, before any work starts."""
     validate(args, TRAIN_CHECKS)
+    args.score_levels = score_levels_value(args.score_levels)
+    resolve_score_levels(args.score_levels, len(resolve_layers(args.backbone, args.layers)))  # before any download
     writable_folder(args.output_dir, "--output-dir")
     weights = args.teacher_weights
     if weights not in (None, "imagenet", "random") and not Path(weights).expanduser().is_file():

@@ -63,6 +63,7 @@ def metadata(model: STFPM, fmt: str, policy: ThresholdPolicy | None = None) -> d
         "map_sigma": hp.get("map_sigma", 0.0),
         "map_normalization": "reference" if model.model.anomaly_map.reference_in_use else "none",
         "score_fraction": model.model.anomaly_map.score_fraction,
+        "score_levels": list(model.model.anomaly_map.score_levels),
         "tile_size": hp.get("tile_size"),
         "tile_overlap": hp.get("tile_overlap", 0.25) if hp.get("tile_size") is not None else None,
         "tiling": "inside the network: feed the whole resized image" if hp.get("tile_size") is not None else None,

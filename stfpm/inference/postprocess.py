@@ -76,7 +76,7 @@ def to_numpy(anomaly_map: Tensor) -> np.ndarray:
 class Prediction:
     """The verdict on one image, at the image's own resolution."""
 
-    score: float  # max of the anomaly map
+    score: float  # the image score (the map's max, unless --score-fraction or --score-levels say otherwise)
     is_anomalous: bool  # score >= image threshold
     anomaly_map: np.ndarray  # float32 [H, W]
     mask: np.ndarray  # uint8 [H, W], exactly 0 or 255 (pixel >= pixel threshold)

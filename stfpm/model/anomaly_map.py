@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stfpm.errors import ConfigError
 from stfpm.model.tiling import Tiler
 
 NORMALIZATIONS = ("none", "reference")
@@ -29,6 +30,28 @@ the test parts, and the calibrated threshold stands above every defect. Measured
 7 validation images at 256 px and 20 at 128 px, both after 100 epochs, averaged 1.5 and about 3 images' worth and
 flagged 0 and 1% of the defects; bsdata's 110 validation images average 27 to 68 images' worth, and the reference
 helps there."""
+
+
+SCORE_LEVELS = ("all", "coarser")
+"""Which pyramid levels the image score is fused from (the map and its masks always fuse every level): ``all`` (the
+paper's), ``coarser`` (every level but the finest), or explicit indices of ``--layers`` (0 the finest). After long
+training the finest level's map of normal parts carries rare hot spots (texture, dust) that one image's maximum
+picks up, and the image threshold flags good parts more often than it promises; the coarser levels do not
+(docs/recipe_study.md)."""
+
+
+def resolve_score_levels(spec: str | Sequence[int], num_levels: int) -> tuple[int, ...]:
+    """The sorted level indices of a ``score_levels`` setting: ``all``, ``coarser`` (the finest level dropped, when
+    there is more than one) or indices; a one-line error for an index the model lacks."""
+    if isinstance(spec, str):
+        if spec not in SCORE_LEVELS:
+            raise ConfigError(f"--score-levels {spec!r}: pass {' or '.join(SCORE_LEVELS)}, or level indices (0 the finest)")
+        return tuple(range(1 if spec == "coarser" and num_levels > 1 else 0, num_levels))
+    levels = tuple(sorted({int(i) for i in spec}))
+    if not levels or levels[0] < 0 or levels[-1] >= num_levels:
+        raise ConfigError(f"--score-levels {' '.join(str(i) for i in spec)}: the model has {num_levels} levels "
+                          f"(--layers), indices 0 (the finest) to {num_levels - 1}")
+    return levels
 
 
 def reference_is_uniform(reference: Tensor) -> bool:
@@ -81,8 +104,12 @@ def image_scores(maps: Tensor, top_fraction: float = 0.0) -> Tensor:
 
 
 class AnomalyMapGenerator(nn.Module):
-    """Per-level maps -> fused map at the input size -> optional Gaussian smoothing -> image score (its max, or
-    the mean of its top ``score_fraction`` of pixels).
+    """Per-level maps -> fused map at the input size -> optional normalization and Gaussian smoothing -> image score
+    (its max, or the mean of its top ``score_fraction`` of pixels).
+
+    ``score_levels`` (default: all) are the levels whose fused map gives the image score; the map itself, and so
+    the masks and the pixel threshold, always fuse every level. A score from a subset of levels comes from its own
+    fused map, normalized by its own reference (``score_reference``) and smoothed alike.
 
     ``level_scale`` holds one factor per level applied before fusion; it stays 1 for the product fusion (a
     constant factor would not change any ranking) and is set from the validation normals for ``sum``
@@ -98,6 +125,7 @@ class AnomalyMapGenerator(nn.Module):
         normalization: str = "none",
         size: tuple[int, int] | None = None,
         score_fraction: float = 0.0,
+        score_levels: str | Sequence[int] = "all",
     ) -> None:
         super().__init__()
         if not 0.0 <= score_fraction < 1.0:
@@ -110,6 +138,8 @@ class AnomalyMapGenerator(nn.Module):
             raise ValueError("the reference normalization needs the input size")
         if not (sigma >= 0 and math.isfinite(sigma)):
             raise ValueError(f"smoothing sigma must be >= 0, got {sigma}")
+        self.levels = tuple(range(num_levels))
+        self.score_levels = resolve_score_levels(score_levels, num_levels)
         self.fusion = fusion
         self.sigma = float(sigma)
         self.score_fraction = float(score_fraction)
@@ -120,21 +150,33 @@ class AnomalyMapGenerator(nn.Module):
         self.tiler = tiler
         self.normalization = normalization
         self.reference: Tensor
+        self.score_reference: Tensor
+        self.reference_image_count = math.nan  # effective_image_count of the last fitted validation maps
         if normalization == "reference":
             assert size is not None
             self.register_buffer("reference", torch.ones(1, 1, *size))
+            if self.separate_score:
+                self.register_buffer("score_reference", torch.ones(1, 1, *size))
+
+    @property
+    def separate_score(self) -> bool:
+        """Whether the image score comes from other levels than the map."""
+        return self.score_levels != self.levels
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # checkpoints written before per-level scaling existed hold no level_scale: they used the product, scale 1
         state_dict.setdefault(prefix + "level_scale", torch.ones_like(self.level_scale))
-        if self.normalization == "reference":
-            state_dict.setdefault(prefix + "reference", torch.ones_like(self.reference))
+        for name in ("reference", "score_reference"):
+            if hasattr(self, name):
+                state_dict.setdefault(prefix + name, torch.ones_like(getattr(self, name)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def fuse(self, layer_maps: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
-        """Upsample every level's map bilinearly to ``size`` and fuse them; [B,1,H,W]."""
+    def fuse(self, layer_maps: Sequence[Tensor], size: tuple[int, int], levels: Sequence[int] | None = None) -> Tensor:
+        """Upsample each level's map bilinearly to ``size`` and fuse them; [B,1,H,W]. ``layer_maps`` are those of
+        ``levels`` (default: every level), which ``sum``'s per-level factors are looked up by."""
+        levels = range(len(layer_maps)) if levels is None else levels
         fused: Tensor | None = None
-        for level, layer_map in enumerate(layer_maps):
+        for level, layer_map in zip(levels, layer_maps):
             up = F.interpolate(layer_map.float(), size=size, mode="bilinear", align_corners=False)
             if self.fusion == "sum":
                 up = up * self.level_scale[level]
@@ -157,14 +199,23 @@ class AnomalyMapGenerator(nn.Module):
         out = F.conv2d(F.pad(maps, (pad_w, pad_w, 0, 0), mode="reflect"), (k_w / k_w.sum()).view(1, 1, 1, -1))
         return F.conv2d(F.pad(out, (0, 0, pad_h, pad_h), mode="reflect"), (k_h / k_h.sum()).view(1, 1, -1, 1))
 
-    def fused(self, layer_maps: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
-        """The fused maps [B,1,H,W] at the input ``size``, tiles stitched back, before normalization and smoothing.
+    def fused(self, layer_maps: Sequence[Tensor], size: tuple[int, int], levels: Sequence[int] | None = None) -> Tensor:
+        """The fused maps [B,1,H,W] of ``levels`` (default: every level) at the input ``size``, tiles stitched back,
+        before normalization and smoothing; ``layer_maps`` hold every level.
 
         With a tiler, ``layer_maps`` hold the T tiles of each image (B*T rows): they are fused at the tile size.
         """
+        if levels is not None:
+            layer_maps = [layer_maps[i] for i in levels]
         if self.tiler is None:
-            return self.fuse(layer_maps, size)
-        return self.tiler.merge(self.fuse(layer_maps, self.tiler.tile_size))
+            return self.fuse(layer_maps, size, levels)
+        return self.tiler.merge(self.fuse(layer_maps, self.tiler.tile_size, levels))
+
+    def _reference_of(self, levels: Sequence[int]) -> Tensor | None:
+        """The stored reference map of the fused map of ``levels`` (None without the reference normalization)."""
+        if self.normalization == "none":
+            return None
+        return self.reference if tuple(levels) == self.levels else self.score_reference
 
     def normalize(self, maps: Tensor, reference: Tensor | None = None) -> Tensor:
         """The ``reference`` normalization of fused maps (identity for ``none``); ``reference`` overrides the
@@ -174,10 +225,16 @@ class AnomalyMapGenerator(nn.Module):
         ref = self.reference if reference is None else reference
         return maps / (ref + ref.mean())
 
+    def finished(self, layer_maps: Sequence[Tensor], size: tuple[int, int], levels: Sequence[int] | None = None) -> Tensor:
+        """Maps [B,1,H,W] of ``levels`` (default: every level): fused, normalized by their reference, smoothed."""
+        levels = self.levels if levels is None else tuple(levels)
+        return self.smooth(self.normalize(self.fused(layer_maps, size, levels), self._reference_of(levels)))
+
     def forward(self, layer_maps: Sequence[Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """Anomaly maps [B,1,H,W] at the input ``size`` and image scores [B]: fused, normalized, smoothed."""
-        maps = self.smooth(self.normalize(self.fused(layer_maps, size)))
-        return maps, self.score(maps)
+        """Anomaly maps [B,1,H,W] at the input ``size`` (every level) and image scores [B] (``score_levels``)."""
+        maps = self.finished(layer_maps, size)
+        score_maps = self.finished(layer_maps, size, self.score_levels) if self.separate_score else maps
+        return maps, self.score(score_maps)
 
     def score(self, maps: Tensor) -> Tensor:
         """Image scores [B] of finished maps [B,1,H,W]."""
@@ -198,18 +255,52 @@ class AnomalyMapGenerator(nn.Module):
             self.level_scale[level] = 1.0 / mean if mean > 0 else 1.0
 
     @torch.no_grad()
-    def fit_reference(self, fused_maps: Tensor) -> bool:
-        """Set the reference map to the mean of the fused maps [N,1,H,W] of the validation normals; True when the
-        maps are normalized by it. When they average fewer than :data:`MIN_REFERENCE_IMAGES` images' worth
-        (:func:`effective_image_count`), the reference is made uniform (0.5, so that ``map / (R + mean(R))`` is the
-        map itself) and False is returned."""
+    def fit(self, layer_maps: Sequence[Tensor], size: tuple[int, int], chunk: int = 64) -> tuple[Tensor, Tensor]:
+        """Fit everything decided from the validation normals to their level maps (every level, N images): the
+        per-level factors and the reference maps. Returns their maps [N,1,H,W] and image scores [N] as held-out
+        images get them: under the reference normalization each image is normalized by the mean of the *others*
+        (a new part is not in the reference), so thresholds taken from them keep their promise."""
+        self.fit_level_scale(layer_maps)
+        branches = [self.levels, self.score_levels] if self.separate_score else [self.levels]
+        step = chunk * self.rows_per_image  # whole images only: their tiles are stitched together
+        fused = [
+            torch.cat([self.fused([lv[i: i + step] for lv in layer_maps], size, levels)
+                       for i in range(0, len(layer_maps[0]), step)])
+            for levels in branches
+        ]
+        held_out = self.fit_reference(*fused)
+        finished = []
+        for levels, maps in zip(branches, fused):
+            if held_out:
+                total = maps.sum(dim=0, keepdim=True)
+                maps = torch.cat([self.normalize(maps[i: i + 1], (total - maps[i: i + 1]) / (len(maps) - 1))
+                                  for i in range(len(maps))])
+            else:
+                maps = self.normalize(maps, self._reference_of(levels))
+            finished.append(torch.cat([self.smooth(maps[i: i + chunk]) for i in range(0, len(maps), chunk)]))
+        return finished[0], self.score(finished[-1])
+
+    @torch.no_grad()
+    def fit_reference(self, fused_maps: Tensor, score_maps: Tensor | None = None) -> bool:
+        """Set the reference map to the mean of the fused maps [N,1,H,W] of the validation normals (and the score's
+        reference to the mean of ``score_maps``, the fused maps of ``score_levels``); True when maps are normalized
+        by them. When either averages fewer than :data:`MIN_REFERENCE_IMAGES` images' worth
+        (:func:`effective_image_count`), both references are made uniform (0.5, so that ``map / (R + mean(R))`` is
+        the map itself) and False is returned."""
         if self.normalization != "reference":
             return False
-        if effective_image_count(fused_maps) < MIN_REFERENCE_IMAGES:
-            self.reference.fill_(0.5)
-            return False
-        self.reference.copy_(fused_maps.float().mean(dim=0, keepdim=True))
-        return True
+        pairs = [(self.reference, fused_maps)]
+        if self.separate_score:
+            assert score_maps is not None, "the score's fused maps are needed too"
+            pairs.append((self.score_reference, score_maps))
+        self.reference_image_count = min(effective_image_count(maps) for _, maps in pairs)
+        use = self.reference_image_count >= MIN_REFERENCE_IMAGES
+        for reference, maps in pairs:
+            if use:
+                reference.copy_(maps.float().mean(dim=0, keepdim=True))
+            else:
+                reference.fill_(0.5)
+        return use
 
     @property
     def reference_in_use(self) -> bool:
@@ -218,7 +309,7 @@ class AnomalyMapGenerator(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"fusion={self.fusion}, sigma={self.sigma}, normalization={self.normalization}, "
-                f"score_fraction={self.score_fraction}")
+                f"score_fraction={self.score_fraction}, score_levels={list(self.score_levels)}")
 
 
 def anomaly_map(teacher_features: list[Tensor], student_features: list[Tensor], size: tuple[int, int]) -> Tensor:

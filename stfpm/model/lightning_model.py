@@ -14,7 +14,7 @@ from stfpm import __version__
 from stfpm.data.augment import AUGMENTATIONS, light_augment
 from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, as_hw, size_record
 from stfpm.inference.thresholding import CALIBRATIONS, calibrate, few_images_warning
-from stfpm.model.anomaly_map import MIN_REFERENCE_IMAGES, effective_image_count, layer_anomaly_maps
+from stfpm.model.anomaly_map import MIN_REFERENCE_IMAGES, layer_anomaly_maps
 from stfpm.model.loss import stfpm_loss
 from stfpm.model.torch_model import STFPMModel
 
@@ -25,7 +25,7 @@ LR_SCHEDULES = ("constant", "cosine")
 PAPER_VALUES = {
     "map_fusion": "product", "map_sigma": 0.0, "map_normalization": "none", "score_fraction": 0.0,
     "calibration": "empirical", "hard_fraction": 1.0, "lr_schedule": "constant", "augment": "none",
-    "student_init": "random",
+    "student_init": "random", "score_levels": "all",
 }
 """Options beyond the paper, at the paper's values. A checkpoint whose hyperparameters lack one of them was written
 before the option existed, so it was trained and calibrated with this value, whatever today's default is."""
@@ -33,8 +33,9 @@ before the option existed, so it was trained and calibrated with this value, wha
 
 class STFPM(pl.LightningModule):
     """STFPM: the paper's networks, loss and SGD settings (lr 0.4, momentum 0.9, weight decay 1e-4); by default the
-    learning rate decays along a cosine and the map is normalized position by position by the validation normals'
-    mean map (the recipe study's choices; ``configs/official.yaml`` and :data:`PAPER_VALUES` give the paper's).
+    learning rate decays along a cosine, the map is normalized position by position by the validation normals'
+    mean map, and the image score comes from every level but the finest (the recipe study's choices;
+    ``configs/official.yaml`` and :data:`PAPER_VALUES` give the paper's).
 
     Every validation epoch also computes the anomaly maps of the held-out normal images (from the same
     features as the validation loss) and stores the calibrated thresholds as buffers, so each checkpoint
@@ -66,6 +67,7 @@ class STFPM(pl.LightningModule):
         augment: str = "none",
         score_fraction: float = 0.0,
         student_init: str = "random",
+        score_levels: str | list[int] = "coarser",
     ) -> None:
         super().__init__()
         for name, value, choices in (
@@ -76,11 +78,12 @@ class STFPM(pl.LightningModule):
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
         self.model = STFPMModel(
             backbone, student_backbone, layers, teacher_weights, map_fusion, map_sigma, image_size, tile_size,
-            tile_overlap, map_normalization, score_fraction, student_init,
+            tile_overlap, map_normalization, score_fraction, student_init, score_levels,
         )
         self.save_hyperparameters()
         self.hparams["student_backbone"] = student_backbone or backbone
         self.hparams["layers"] = list(self.model.layers)
+        self.hparams["score_levels"] = list(self.model.anomaly_map.score_levels)  # resolved: `coarser` -> [1, 2]
         self.hparams["image_size"] = size_record(as_hw(image_size))
         self.hparams["tile_size"] = None if tile_size is None else size_record(as_hw(tile_size))
         self.image_threshold: Tensor
@@ -138,33 +141,20 @@ class STFPM(pl.LightningModule):
         """Fit the map's per-level statistics and the thresholds to the level maps of normal validation images.
 
         Everything decided from the validation normals is decided here, and stored in buffers that every
-        checkpoint carries: the per-level factors of the fusion, then the image and pixel thresholds.
+        checkpoint carries: the per-level factors of the fusion and the reference maps, then the image threshold
+        (from the scores of ``score_levels``) and the pixel threshold (from the maps of every level).
         """
         generator = self.model.anomaly_map
-        generator.fit_level_scale(levels)
-        step = chunk * generator.rows_per_image  # whole images only: their tiles are stitched together
-        fused = torch.cat(
-            [generator.fused([lv[i: i + step] for lv in levels], size) for i in range(0, len(levels[0]), step)]
-        )
-        if generator.fit_reference(fused):
-            # each validation image normalized by the mean of the *others*: a new part is not in the reference,
-            # so its scores are those of a held-out image, and the thresholds keep their promise
-            total = fused.sum(dim=0, keepdim=True)
-            fused = torch.cat([
-                generator.normalize(fused[i: i + 1], (total - fused[i: i + 1]) / (len(fused) - 1))
-                for i in range(len(fused))
-            ])
-        else:
-            if generator.normalization == "reference" and len(fused) >= MIN_REFERENCE_IMAGES and not self.warned_dominated:
-                self.warned_dominated = True
-                log.warning(
-                    "the %d validation maps average only %.1f images' worth (a few of them dominate their mean): the "
-                    "reference normalization needs %d, so the map is left as it is (--map-normalization none)",
-                    len(fused), effective_image_count(fused), MIN_REFERENCE_IMAGES,
-                )
-            fused = generator.normalize(fused)
-        maps = torch.cat([generator.smooth(fused[i: i + chunk]) for i in range(0, len(fused), chunk)])
-        scores = generator.score(maps).cpu()
+        maps, scores = generator.fit(levels, size, chunk)
+        if (generator.normalization == "reference" and not generator.reference_in_use
+                and len(maps) >= MIN_REFERENCE_IMAGES and not self.warned_dominated):
+            self.warned_dominated = True
+            log.warning(
+                "the %d validation maps average only %.1f images' worth (a few of them dominate their mean): the "
+                "reference normalization needs %d, so the map is left as it is (--map-normalization none)",
+                len(maps), generator.reference_image_count, MIN_REFERENCE_IMAGES,
+            )
+        scores = scores.cpu()
         maps = maps[:, 0].cpu()
         self._val_map_mean = float(maps.double().mean())
         quantile, method = self.hparams["image_threshold_quantile"], self.hparams["calibration"]

@@ -24,7 +24,8 @@ class STFPMModel(nn.Module):
     architectures, where no projection exists.
 
     ``student_init``: ``random`` (the paper) or ``teacher``, a student that starts as a copy of the teacher's
-    pretrained weights (same architecture only).
+    pretrained weights (same architecture only). ``score_levels``: the levels the image score is fused from
+    (:data:`stfpm.model.anomaly_map.SCORE_LEVELS`).
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class STFPMModel(nn.Module):
         map_normalization: str = "none",
         score_fraction: float = 0.0,
         student_init: str = "random",
+        score_levels: str | Sequence[int] = "all",
     ) -> None:
         super().__init__()
         if student_init not in STUDENT_INITS:
@@ -69,7 +71,7 @@ class STFPMModel(nn.Module):
             self.tiler = Tiler(as_hw(image_size), as_hw(tile_size), tile_overlap)
         size = as_hw(image_size) if image_size is not None else None
         self.anomaly_map = AnomalyMapGenerator(
-            len(self.layers), map_fusion, map_sigma, self.tiler, map_normalization, size, score_fraction
+            len(self.layers), map_fusion, map_sigma, self.tiler, map_normalization, size, score_fraction, score_levels
         )
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:

@@ -248,7 +248,8 @@ def test_reference_thresholds_score_each_validation_image_without_itself(tiny_da
     from stfpm.model.checkpoint import load_checkpoint
 
     assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS,
-                       "--epochs", "1", "--map-normalization", "reference", "--image-threshold-quantile", "0.5"]) == 0
+                       "--epochs", "1", "--map-normalization", "reference", "--image-threshold-quantile", "0.5",
+                       "--score-levels", "all"]) == 0  # the score from the same map (the score's own: test_score_levels)
     model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
     dm = MVTecDataModule(tiny_data, "tiny", image_size=64, batch_size=4)
     dm.setup("fit")
@@ -297,7 +298,7 @@ def test_score_fraction_reaches_thresholds_and_export(tiny_data, tmp_path) -> No
 
     assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS,
                        "--epochs", "1", "--score-fraction", "0.02", "--image-threshold-quantile", "0.5",
-                       "--map-normalization", "none"]) == 0  # the reference's leave-one-out is tested on its own
+                       "--map-normalization", "none", "--score-levels", "all"]) == 0  # the reference: tested on its own
     model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
     assert model.model.anomaly_map.score_fraction == 0.02
     dm = MVTecDataModule(tiny_data, "tiny", image_size=64, batch_size=4)
@@ -329,7 +330,7 @@ def test_reference_needs_enough_validation_images_else_the_map_is_left_as_it_is(
     # train.py says so, up front, and the checkpoint's thresholds are those of the plain map
     with caplog.at_level("WARNING"):
         assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path),
-                           *TRAIN_ARGS, "--epochs", "1", "--map-normalization", "reference"]) == 0
+                           *TRAIN_ARGS, "--epochs", "1", "--map-normalization", "reference", "--score-levels", "all"]) == 0
     assert "reference normalization needs at least" in caplog.text
     assert "the map is left as it is (no reference normalization)" in caplog.text  # and again after training
     model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
@@ -372,7 +373,7 @@ def test_reference_is_not_used_when_a_few_validation_images_dominate_their_mean(
     for level in dominated:
         level[:3] = 100.0  # three rare parts, much harder for the student than the other 37
     model = STFPM(backbone="resnet18", teacher_weights="random", image_size=8, map_normalization="reference",
-                  image_threshold_quantile=0.5)
+                  image_threshold_quantile=0.5, score_levels="all")
     generator = model.model.anomaly_map
     with caplog.at_level("WARNING"):
         model.calibrate_on(alike, (8, 8))

@@ -233,7 +233,8 @@ def test_checkpoints_older_than_an_option_load_with_the_paper_value(trained_run,
         written[name] = tmp_path / f"{name}.ckpt"
         torch.save({**saved, "hyper_parameters": hparams}, written[name])
     old, paper = load_checkpoint(written["old"]), load_checkpoint(written["paper"])
-    assert {option: old.hparams[option] for option in PAPER_VALUES} == PAPER_VALUES
+    resolved = {**PAPER_VALUES, "score_levels": list(range(len(old.hparams["layers"])))}  # `all`, recorded resolved
+    assert {option: old.hparams[option] for option in PAPER_VALUES} == resolved
     assert old.model.anomaly_map.normalization == "none"
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
