@@ -311,8 +311,15 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
         filename="best",
         monitor=args.checkpoint_metric if has_val else None,
         mode="min",
-        save_last=True,
+        save_last=not has_val,  # unmonitored, it saves every epoch, and last.ckpt with it
     )
+    # last.ckpt: the newest weights after every epoch, for --resume. Not save_last=True on the monitored checkpoint:
+    # since Lightning 2.6 that writes last.ckpt only in epochs where the monitored metric improved.
+    callbacks = [checkpoint]
+    if has_val:  # two unmonitored ModelCheckpoints would share one state key, hence save_last above without validation
+        callbacks.append(ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
+        ))
     if not has_val:
         log.warning("--val-fraction 0: no validation images, so no best-model selection and no thresholds")
     trainer = build_trainer(
@@ -323,7 +330,7 @@ def train_category(args: argparse.Namespace, category: str, config: dict) -> Pat
         deterministic=True if args.deterministic else None,
         plugins=[AtomicCheckpointIO()],
         logger=[csv_logger, tb_logger],
-        callbacks=[checkpoint],
+        callbacks=callbacks,
         log_every_n_steps=args.log_every_n_steps,
         limit_val_batches=1.0 if has_val else 0,
         num_sanity_val_steps=0,
