@@ -34,8 +34,8 @@ before the option existed, so it was trained and calibrated with this value, wha
 class STFPM(pl.LightningModule):
     """STFPM: the paper's networks, loss and SGD settings (lr 0.4, momentum 0.9, weight decay 1e-4); by default the
     learning rate decays along a cosine, the map is normalized position by position by the validation normals'
-    mean map, and the image score comes from every level but the finest (the recipe study's choices;
-    ``configs/official.yaml`` and :data:`PAPER_VALUES` give the paper's).
+    mean map, and the image score is the mean of the top 1% of the map of every level but the finest (the recipe
+    study's choices; ``configs/official.yaml`` and :data:`PAPER_VALUES` give the paper's).
 
     Every validation epoch also computes the anomaly maps of the held-out normal images (from the same
     features as the validation loss) and stores the calibrated thresholds as buffers, so each checkpoint
@@ -65,7 +65,7 @@ class STFPM(pl.LightningModule):
         map_normalization: str = "reference",
         lr_schedule: str = "cosine",
         augment: str = "none",
-        score_fraction: float = 0.0,
+        score_fraction: float = 0.01,
         student_init: str = "random",
         score_levels: str | list[int] = "coarser",
     ) -> None:

@@ -249,7 +249,7 @@ def test_reference_thresholds_score_each_validation_image_without_itself(tiny_da
 
     assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS,
                        "--epochs", "1", "--map-normalization", "reference", "--image-threshold-quantile", "0.5",
-                       "--score-levels", "all"]) == 0  # the score from the same map (the score's own: test_score_levels)
+                       "--score-levels", "all", "--score-fraction", "0"]) == 0  # the score: the same map's max
     model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
     dm = MVTecDataModule(tiny_data, "tiny", image_size=64, batch_size=4)
     dm.setup("fit")
@@ -339,7 +339,7 @@ def test_reference_needs_enough_validation_images_else_the_map_is_left_as_it_is(
 
     assert metadata(model, "torchscript")["map_normalization"] == "none"  # what the exported network computes
     plain = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
-    plain.model.anomaly_map = AnomalyMapGenerator(3)
+    plain.model.anomaly_map = AnomalyMapGenerator(3, score_fraction=model.model.anomaly_map.score_fraction)
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model.model.predict(images), plain.model.predict(images), rtol=0, atol=0)
