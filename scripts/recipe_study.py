@@ -61,6 +61,9 @@ RECIPES: dict[str, list[str]] = {
     "square_2x_cosine": ["--image-size", "{size2x}", "--lr-schedule", "cosine"],
     "aspect_2x_cosine": ["--image-size", "{size2x}", "--keep-aspect", "--lr-schedule", "cosine"],
     "square_cosine_student_teacher": ["--image-size", "{size}", "--lr-schedule", "cosine", "--student-init", "teacher"],
+    "square_cosine_student_resnet18": [
+        "--image-size", "{size}", "--lr-schedule", "cosine", "--student-backbone", "resnet18",
+    ],
     # two tiles of {size} side by side, sharing a quarter (the default --tile-overlap): twice the compute
     "tile_2x_cosine": ["--image-size", "{size}", "{size_2tiles}", "--tile-size", "{size}", "--lr-schedule", "cosine"],
 }
