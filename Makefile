@@ -19,6 +19,7 @@ demo: venv
 test: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 clean-demo:

@@ -30,15 +30,16 @@ from stfpm.tools.synthetic import write_photos
 
 
 def _checkpoint(path: Path, backbone: str, image_size: int) -> None:
-    from stfpm.model.lightning_model import CHECKPOINT_KEY, STFPM
+    from stfpm.model import checkpoint_format
+    from stfpm.model.lightning_model import STFPM
+    from stfpm.model.settings import ModelSettings
 
-    model = STFPM(backbone=backbone, teacher_weights=None, image_size=image_size)
-    model.image_threshold.fill_(0.5)
-    model.pixel_threshold.fill_(0.5)
-    torch.save(
-        {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), CHECKPOINT_KEY: {"format_version": 1}},
-        path,
-    )
+    model = STFPM(ModelSettings.of(backbone=backbone, image_size=image_size), load_teacher=False)
+    model.model.image_threshold.fill_(0.5)
+    model.model.pixel_threshold.fill_(0.5)
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": model.settings.as_dict()}
+    checkpoint_format.stamp(checkpoint, {})
+    torch.save(checkpoint, path)
 
 
 def _floor(checkpoint: Path, n: int, batch_size: int, image_size: int, precision: str, layout: torch.memory_format) -> float:
@@ -50,7 +51,9 @@ def _floor(checkpoint: Path, n: int, batch_size: int, image_size: int, precision
         torch.randn(min(batch_size, n - i), 3, image_size, image_size).contiguous(memory_format=layout)
         for i in range(0, n, batch_size)
     ]
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    from stfpm.inference.settings import autocast_dtype
+
+    dtype = autocast_dtype(precision)
     autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         net(batches[0])  # warm-up

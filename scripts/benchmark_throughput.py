@@ -17,7 +17,9 @@ import time
 import torch
 
 from stfpm.inference.predictor import resolve_device
+from stfpm.inference.settings import autocast_dtype
 from stfpm.model.loss import stfpm_loss
+from stfpm.model.settings import ModelSettings
 from stfpm.model.torch_model import STFPMModel
 
 
@@ -45,23 +47,25 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="32", choices=["32", "bf16"])
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
     device = resolve_device(args.device)
-    model = STFPMModel(args.backbone, args.student_backbone, teacher_weights=None).to(device)
+    # the shipped defaults (map, score, normalization) at the asked size: the pipeline users run
+    settings = ModelSettings.of(backbone=args.backbone, student_backbone=args.student_backbone, image_size=args.image_size)
+    model = STFPMModel(settings, load_teacher=False).to(device)
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.4, momentum=0.9)
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        if args.precision == "bf16" else contextlib.nullcontext()
-    )
+    sgd = model.settings.optimizer
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=sgd.lr, momentum=sgd.momentum,
+                                weight_decay=sgd.weight_decay)
+    dtype = autocast_dtype(args.precision)
+    autocast = torch.autocast(device_type=device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = stfpm_loss(*model(images))
+            loss = stfpm_loss(*model(images), sgd.hard_fraction)
         loss.backward()
         optimizer.step()
 

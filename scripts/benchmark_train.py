@@ -31,17 +31,20 @@ from stfpm.tools.synthetic import write_photos
 def _floor(backbone: str, image_size: int, batch_size: int, n: int) -> float:
     """img/s of the bare training step over one epoch's batches."""
     from stfpm.model.loss import stfpm_loss
+    from stfpm.model.settings import ModelSettings
     from stfpm.model.torch_model import STFPMModel
 
-    model = STFPMModel(backbone, teacher_weights=None)
+    model = STFPMModel(ModelSettings.of(backbone=backbone, image_size=image_size), load_teacher=False)
     model.student.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.4, momentum=0.9, weight_decay=1e-4)
+    sgd = model.settings.optimizer
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=sgd.lr, momentum=sgd.momentum,
+                                weight_decay=sgd.weight_decay)
     sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
     batches = [torch.randn(b, 3, image_size, image_size) for b in sizes]
 
     def step(images: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        stfpm_loss(*model(images)).backward()
+        stfpm_loss(*model(images), sgd.hard_fraction).backward()
         optimizer.step()
 
     step(batches[0])  # warm-up

@@ -20,7 +20,8 @@ from stfpm.cli import predict as prediction
 from stfpm.cli import run
 from stfpm.cli import test as testing
 from stfpm.cli import train as training
-from stfpm.errors import WeightsError
+from stfpm.core.errors import WeightsError
+from stfpm.core.layout import Run, Runs
 from stfpm.model.backbones import build_backbone, resolve_layers
 from stfpm.tools.synthetic import make_synthetic_category
 
@@ -64,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         train_args += ["--epochs", str(args.epochs)]
     if training.main(train_args) != 0:
         return 1
-    checkpoint = testing.find_latest_checkpoint(runs, "demo")
-    run_dir = checkpoint.parent.parent
+    checkpoint = Runs(runs).latest_checkpoint("demo")
+    run_dir = Run.of_checkpoint(checkpoint).folder
     if testing.main(["--checkpoint", str(checkpoint), "--save-images", "--num-workers", "0"]) != 0:
         return 1
     predictions = out / "predictions"

@@ -17,6 +17,7 @@ so recipes with different input sizes are compared on the same pixels. Example (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -29,14 +30,17 @@ import numpy as np
 import torch
 import yaml
 
-from stfpm.data import MVTecDataModule, load_mask, resize_mask
-from stfpm.data.io import as_hw
-from stfpm.errors import ConfigError
+from stfpm.core.errors import ConfigError
+from stfpm.core.layout import Run, Runs
+from stfpm.data import DataSettings, MVTecDataModule, image_header, load_mask, resize_mask
 from stfpm.evaluation.metrics import overlap_at_threshold
 from stfpm.evaluation.results import TestPredictions, compute_metrics
+from stfpm.evaluation.settings import TestSettings
 from stfpm.inference.postprocess import resize_map
-from stfpm.model.anomaly_map import NORMALIZATIONS, SCORE_LEVELS, AnomalyMapGenerator, resolve_score_levels
-from stfpm.model.checkpoint import find_latest_checkpoint, load_checkpoint
+from stfpm.model.anomaly_map import SCORE_LEVELS, AnomalyMap, resolve_score_levels
+from stfpm.model.checkpoint import load_checkpoint
+from stfpm.model.reference import NORMALIZATIONS, ReferenceNormalizer
+from stfpm.model.settings import CalibrationSettings, MapSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = "weights/mobilenet_v2_imagenet_dequant.pth"
@@ -164,32 +168,56 @@ def source_mask(sample, size: tuple[int, int]) -> np.ndarray:
     return mask if mask.shape == size else resize_mask(mask, size)[0].numpy()
 
 
+def with_map(model, levels: int, map_settings: MapSettings, calibration: str) -> None:
+    """Give a loaded model another map setting over ``levels`` of its levels, and another image-threshold calibration."""
+    net = model.model
+    net.anomaly_map = AnomalyMap(map_settings, levels, net.tiler)
+    net.reference = ReferenceNormalizer(levels, map_settings.map_normalization, net.size, net.anomaly_map.separate_score)
+    net.settings = dataclasses.replace(net.settings, map=map_settings, calibration=CalibrationSettings(
+        net.settings.calibration.image_threshold_quantile, net.settings.calibration.pixel_threshold_quantile, calibration))
+    model.settings = net.settings
+
+
+def _test_truth(samples) -> tuple[list[tuple[int, int]], list[np.ndarray], np.ndarray, np.ndarray]:
+    """Source sizes (height, width), masks at those sizes, labels and whether each image has ground truth."""
+    sizes = [(h, w) for (w, h), _ in (image_header(s.image_path) for s in samples)]
+    masks = [source_mask(s, hw) for s, hw in zip(samples, sizes)]
+    labels = np.array([s.label for s in samples], np.int8)
+    has_mask = np.array([s.label == 0 or s.mask_path is not None for s in samples])
+    return sizes, masks, labels, has_mask
+
+
+def _figures(pred: TestPredictions, image_thr: float, pixel_thr: float) -> dict:
+    """test.py's figures, and the masks' figures with the image threshold as the pixel threshold (a part is flagged
+    iff its mask is not empty)."""
+    figures = compute_metrics(pred, TestSettings().fpr_limit, image_threshold=image_thr, pixel_threshold=pixel_thr)
+    with_mask = [i for i in range(len(pred.maps)) if pred.has_mask[i]]
+    flat_maps = np.concatenate([pred.maps[i].ravel() for i in with_mask])
+    flat_masks = np.concatenate([pred.masks[i].ravel() for i in with_mask])
+    p, r, iou = overlap_at_threshold(flat_maps, flat_masks, image_thr)
+    figures.update(pixel_precision_at_image_threshold=p, pixel_recall_at_image_threshold=r,
+                   pixel_iou_at_image_threshold=iou)
+    good = [m for m, y in zip(pred.maps, pred.labels) if y == 0]
+    figures["good_pixel_fpr_at_threshold"] = (
+        float(np.mean(np.concatenate([g.ravel() for g in good]) >= pixel_thr)) if good else math.nan
+    )
+    return figures
+
+
 def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path) -> tuple[list[dict], float]:
     """Every map setting on one checkpoint: figures per setting, and the network's inference images/s."""
     model = load_checkpoint(checkpoint)
-    hp = model.hparams
-    size = as_hw(hp["image_size"])
     # the validation images of the run itself (a recipe may change --val-fraction): never its training images
-    run_config = yaml.safe_load((checkpoint.parents[1] / "config.yaml").read_text())
-    dm = MVTecDataModule(
-        Path(args.shared) / "data", dataset, image_size=hp["image_size"], batch_size=16,
-        num_workers=args.num_workers, seed=seed, mean=hp["mean"], std=hp["std"],
-        val_fraction=run_config["data"]["val_fraction"],
-    )
+    run_config = yaml.safe_load(Run.of_checkpoint(checkpoint).config.read_text())
+    data = DataSettings(category=dataset, data_root=str(Path(args.shared) / "data"), batch_size=16,
+                        num_workers=args.num_workers, val_fraction=run_config["data"]["val_fraction"])
+    dm = MVTecDataModule(data, model.preprocessing(), seed)
     dm.setup("fit")
     val_levels, _ = level_maps(model, dm.val_dataloader())
     dm.setup("test")
     test_levels, infer_ips = level_maps(model, dm.test_dataloader())
     samples = dm.test_samples
-    from PIL import Image
-
-    sizes = []
-    for sample in samples:
-        with Image.open(sample.image_path) as img:
-            sizes.append((img.height, img.width))
-    masks = [source_mask(s, hw) for s, hw in zip(samples, sizes)]
-    labels = np.array([s.label for s in samples], np.int8)
-    has_mask = np.array([s.label == 0 or s.mask_path is not None for s in samples])
+    sizes, masks, labels, has_mask = _test_truth(samples)
     rows = []
     grid = itertools.product(
         args.fusions, args.sigmas, args.calibrations, args.normalizations, args.score_fractions, args.levels,
@@ -200,29 +228,16 @@ def evaluate(args: argparse.Namespace, dataset: str, seed: int, checkpoint: Path
             keep = resolve_score_levels(_level_spec(levels), len(val_levels))
         except ConfigError as exc:
             raise SystemExit(f"error: --levels {levels}: {str(exc).split(': ', 1)[1]}") from None
-        model.model.anomaly_map = AnomalyMapGenerator(
-            len(keep), fusion, sigma, model.model.tiler, normalization, size, score_fraction, _level_spec(score_levels)
-        )
-        model.hparams["calibration"] = calibration
-        image_thr, pixel_thr = model.calibrate_on([val_levels[i] for i in keep], size)
-        maps, scores = model.model.anomaly_map([test_levels[i] for i in keep], size)
+        map_settings = MapSettings(fusion, sigma, normalization, score_fraction, _level_spec(score_levels))
+        with_map(model, len(keep), map_settings, calibration)
+        image_thr, pixel_thr, _ = model.calibrate_on([val_levels[i] for i in keep])
+        maps, scores = model.model.anomaly_map([test_levels[i] for i in keep], model.model.size, model.model.reference)
         full = [resize_map(m[0], hw).numpy() for m, hw in zip(maps, sizes)]
         pred = TestPredictions(
             scores=scores.numpy().astype(np.float32), labels=labels, maps=full, masks=masks, has_mask=has_mask,
             defect_types=[s.defect_type for s in samples],
         )
-        figures = compute_metrics(pred, image_threshold=image_thr, pixel_threshold=pixel_thr)
-        # the same masks with the image threshold as pixel threshold: a part is flagged iff its mask is not empty
-        with_mask = [i for i in range(len(full)) if has_mask[i]]
-        flat_maps = np.concatenate([full[i].ravel() for i in with_mask])
-        flat_masks = np.concatenate([masks[i].ravel() for i in with_mask])
-        p, r, iou = overlap_at_threshold(flat_maps, flat_masks, image_thr)
-        figures.update(pixel_precision_at_image_threshold=p, pixel_recall_at_image_threshold=r,
-                       pixel_iou_at_image_threshold=iou)
-        good = [m for m, y in zip(full, labels) if y == 0]
-        figures["good_pixel_fpr_at_threshold"] = (
-            float(np.mean(np.concatenate([g.ravel() for g in good]) >= pixel_thr)) if good else math.nan
-        )
+        figures = _figures(pred, image_thr, pixel_thr)
         rows.append({"fusion": fusion, "sigma": sigma, "calibration": calibration, "normalization": normalization,
                      "score_fraction": score_fraction, "levels": levels, "score_levels": score_levels,
                      **{k: figures[k] for k in FIGURES}})
@@ -243,7 +258,7 @@ def run_study(args: argparse.Namespace) -> None:
             continue
         runs = out / "runs" / f"{recipe}_s{args.image_size}_e{args.epochs}" / f"seed{seed}"
         train_ips = train(args, dataset, recipe, seed, runs)
-        rows, infer_ips = evaluate(args, dataset, seed, find_latest_checkpoint(runs, dataset))
+        rows, infer_ips = evaluate(args, dataset, seed, Runs(runs).latest_checkpoint(dataset))
         with results_path.open("a") as f:
             for row in rows:
                 f.write(json.dumps({"dataset": dataset, "recipe": recipe, "seed": seed, "image_size": args.image_size,

@@ -1,5 +1,6 @@
 """The command-line entry points (one module each: train, test, predict, export, download) and their shared
-plumbing: logging and the error convention (`error: <one line>` on stderr, exit code 2, no traceback).
+plumbing: logging, the error convention (`error: <one line>` on stderr, exit code 2, no traceback) and which
+option sections each command reads.
 
 Each command module has ``main(argv)`` (testable, raises on user errors) and ``cli()`` (the console script of
 pyproject.toml, e.g. `stfpm-train`: ``main`` under :func:`run`); the top-level `train.py`, `test.py` and
@@ -11,9 +12,36 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from stfpm.errors import STFPMError
+from stfpm.core.errors import STFPMError
+from stfpm.core.options import Section, command_parser, parse
+
+
+def commands() -> dict[str, Sequence[type[Section]]]:
+    """The option sections of each command; a config file may hold any of them, each command reads its own.
+    (Imported when asked: `stfpm-download` needs none of the model's packages.)"""
+    from stfpm.evaluation.settings import TestSettings
+    from stfpm.inference.settings import DeviceSettings, EngineSettings, ExportSettings, PredictSettings, ThresholdSettings
+    from stfpm.tools.settings import DownloadSettings
+    from stfpm.training.fit import TrainSettings
+
+    return {
+        "train.py": TrainSettings.SECTIONS,
+        "test.py": (TestSettings, EngineSettings, DeviceSettings, ThresholdSettings),
+        "predict.py": (PredictSettings, EngineSettings, DeviceSettings, ThresholdSettings),
+        "stfpm-export": (ExportSettings, ThresholdSettings),
+        "stfpm-download": (DownloadSettings,),
+    }
+
+
+def parse_command(command: str, description: str, argv: list[str] | None) -> dict[str, Any]:
+    """A command's settings by section, from its defaults, ``--config`` and its flags."""
+    table = commands()
+    sections = table[command]
+    known = {cls.name: cls.names() for classes in table.values() for cls in classes}
+    return parse(command_parser(description, sections), sections, argv, known)
 
 
 def _drop_advertising(record: logging.LogRecord) -> bool:
@@ -47,4 +75,3 @@ def run(
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
-

@@ -1,4 +1,5 @@
-"""Data loading for STFPM: image/mask I/O, MVTec-AD-style folder indexing and the Lightning data module.
+"""Data loading for STFPM: image/mask I/O, MVTec-AD-style folder indexing, the pre-flight and the Lightning data
+module.
 
 ``MVTecDataModule`` is imported lazily, so inference code that only needs :mod:`stfpm.data.io` does not
 pay for importing ``pytorch_lightning``.
@@ -13,20 +14,22 @@ from stfpm.data.io import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageTransform,
+    image_header,
     is_image_file,
     list_images,
     load_image,
     load_mask,
     resize_mask,
+    save_image,
     to_rgb,
 )
 from stfpm.data.mvtec import (
-    DEFAULT_DATA_ROOT,
     MVTEC_CATEGORIES,
     CategoryIndex,
     ImageFolderDataset,
     TestDataset,
     TestSample,
+    collate_readable,
     list_categories,
     resolve_category_dir,
     scan_category,
@@ -34,6 +37,7 @@ from stfpm.data.mvtec import (
     scan_train,
     split_train_val,
 )
+from stfpm.data.settings import DEFAULT_DATA_ROOT, DataSettings
 
 if TYPE_CHECKING:
     from stfpm.data.datamodule import MVTecDataModule
@@ -54,11 +58,14 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MVTEC_CATEGORIES",
     "CategoryIndex",
+    "DataSettings",
     "ImageFolderDataset",
     "ImageTransform",
     "MVTecDataModule",
     "TestDataset",
     "TestSample",
+    "collate_readable",
+    "image_header",
     "is_image_file",
     "list_categories",
     "list_images",
@@ -66,6 +73,7 @@ __all__ = [
     "load_mask",
     "resize_mask",
     "resolve_category_dir",
+    "save_image",
     "scan_category",
     "scan_test",
     "scan_train",

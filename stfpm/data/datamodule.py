@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, as_hw
+from stfpm.data.io import ImageTransform
 from stfpm.data.mvtec import (
     CategoryIndex,
     ImageFolderDataset,
@@ -27,18 +27,13 @@ from stfpm.data.mvtec import (
     split_train_val,
 )
 from stfpm.data.preflight import PreflightReport, check_test, check_train
-from stfpm.errors import DataError
+from stfpm.data.settings import DataSettings
+from stfpm.core.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 _FIT_STAGES = ("fit", "validate")
 _TEST_STAGES = ("test", "predict")
-
-
-def _check_positive(name: str, value: Any, minimum: int = 1) -> None:
-    """Config values arrive from YAML/CLI, so reject bad ones with a readable one-line error."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise DataError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 class EpochRandomSampler(RandomSampler):
@@ -65,36 +60,13 @@ class EpochRandomSampler(RandomSampler):
 class MVTecDataModule(pl.LightningDataModule):
     """Train/val loaders from ``train/good`` and a test loader with masks for one category."""
 
-    def __init__(
-        self,
-        data_root: str | Path,
-        category: str | None,
-        image_size: int | Sequence[int] = 256,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.2,
-        seed: int = 0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
+    def __init__(self, settings: DataSettings, transform: ImageTransform, seed: int) -> None:
         super().__init__()
-        as_hw(image_size)  # validates now rather than at setup()
-        _check_positive("batch_size", batch_size)
-        if eval_batch_size is not None:
-            _check_positive("eval_batch_size", eval_batch_size)
-        _check_positive("num_workers", num_workers, minimum=0)
-        split_train_val([], val_fraction)  # validates the fraction now rather than at setup()
-        self.save_hyperparameters()
-        self.data_root = Path(data_root)
-        self.category = category
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.val_fraction = val_fraction
+        self.settings = settings
+        self.data_root = Path(settings.data_root)
+        self.category = settings.category
         self.seed = seed
-        self.transform = ImageTransform(image_size, mean, std)
+        self.transform = transform
         self._category_dir: Path | None = None
         self._train_images: list[Path] | None = None
         self._test_samples: list[TestSample] | None = None
@@ -146,8 +118,8 @@ class MVTecDataModule(pl.LightningDataModule):
         (:meth:`PreflightReport.save`) when there is a problem; the summary names it."""
         if stage in _FIT_STAGES:
             self._train_images, report = check_train(scan_train(self.category_dir))
-            if self.val_fraction > 0:
-                train, val = split_train_val(self._train_images, self.val_fraction, self.seed)
+            if self.settings.val_fraction > 0:
+                train, val = split_train_val(self._train_images, self.settings.val_fraction, self.seed)
                 report.counts.update({"training": len(train), "validation": len(val)})
         else:
             samples, orphans = scan_test_split(self.category_dir, require_test=True)
@@ -170,7 +142,7 @@ class MVTecDataModule(pl.LightningDataModule):
     def _setup_fit(self) -> None:
         if self.train_dataset is not None:
             return
-        self.train_paths, self.val_paths = split_train_val(self._get_train_images(), self.val_fraction, self.seed)
+        self.train_paths, self.val_paths = split_train_val(self._get_train_images(), self.settings.val_fraction, self.seed)
         self.train_dataset = ImageFolderDataset(self.train_paths, self.transform)
         self.val_dataset = ImageFolderDataset(self.val_paths, self.transform)
         logger.info(
@@ -179,20 +151,19 @@ class MVTecDataModule(pl.LightningDataModule):
 
     def _setup_test(self) -> None:
         if self.test_dataset is None:
-            self.test_dataset = TestDataset(
-                self.test_samples, self.transform, self.image_size, warn_mask_sizes=not self._checked_test
-            )
+            self.test_dataset = TestDataset(self.test_samples, self.transform, warn_mask_sizes=not self._checked_test)
 
     # ------------------------------------------------------------------------------------ loaders
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
+        workers = self.settings.num_workers
         return DataLoader(
             dataset,
-            batch_size=batch_size,
+            batch_size=self.settings.batch_size,
             sampler=EpochRandomSampler(dataset, self.seed) if shuffle else None,
             drop_last=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -200,7 +171,7 @@ class MVTecDataModule(pl.LightningDataModule):
         """Shuffled by (seed, epoch): reproducible, different every epoch, and the same after ``--resume``."""
         self._setup_fit()
         assert self.train_dataset is not None
-        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+        return self._loader(self.train_dataset, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation loader, or ``[]`` when ``val_fraction == 0`` (Lightning then skips validation)."""
@@ -208,13 +179,13 @@ class MVTecDataModule(pl.LightningDataModule):
         assert self.val_dataset is not None
         if len(self.val_dataset) == 0:
             return []
-        return self._loader(self.val_dataset, self.eval_batch_size)
+        return self._loader(self.val_dataset)
 
     def test_dataloader(self) -> DataLoader:
         """Test images in a fixed order, with masks and labels."""
         self._setup_test()
         assert self.test_dataset is not None
-        return self._loader(self.test_dataset, self.eval_batch_size)
+        return self._loader(self.test_dataset)
 
     def predict_dataloader(self) -> DataLoader:
         """Same as the test loader: prediction runs over the test split."""

@@ -3,7 +3,7 @@
 Real anomaly-detection folders are messy: grey scans, 16-bit microscope PNGs, palette GIF-like PNGs,
 RGBA screenshots, CMYK JPEGs, half-written files. Everything here funnels those into one well-defined
 form (8-bit RGB for images, boolean HxW for masks) and turns every decoding failure into a one-line
-:class:`~stfpm.errors.ImageReadError` naming the file, so a single bad file never surfaces as a PIL
+:class:`~stfpm.core.errors.ImageReadError` naming the file, so a single bad file never surfaces as a PIL
 traceback.
 """
 
@@ -21,7 +21,8 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
-from stfpm.errors import DataError, ImageReadError, OneLineImageReadError
+from stfpm.core.errors import DataError, OneLineImageReadError, one_line
+from stfpm.core.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 # Everything PIL may raise for a missing, unreadable, truncated or malformed file. UnidentifiedImageError
 # is an OSError; the others come out of individual decoders on corrupt data.
-_READ_ERRORS: tuple[type[BaseException], ...] = (
+READ_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     ValueError,
     SyntaxError,
@@ -72,12 +73,6 @@ def list_images(path: Path, recursive: bool = True) -> list[Path]:
     candidates = path.rglob("*") if recursive else path.iterdir()
     found = [p for p in candidates if is_image_file(p) and not _is_hidden(p, path) and p.is_file()]
     return sorted(found)
-
-
-def _one_line(exc: BaseException) -> str:
-    """Exception text squeezed onto one line, since the CLI prints messages as a single ``error:`` line."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 def _sixteen_bit_to_uint8(values: np.ndarray) -> np.ndarray:
@@ -119,14 +114,30 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # 'L', '1', 'P', 'CMYK', 'YCbCr', ...
 
 
+def image_header(path: Path, verify: bool = False) -> tuple[tuple[int, int] | None, str | None]:
+    """((width, height), None) from the file's header, without decoding its pixels, or (None, reason) for a
+    file that is not a readable image; ``verify`` also runs PIL's check of the file's structure (for PNG, every
+    chunk's checksum, which catches truncated files)."""
+    try:
+        with Image.open(path) as img:
+            size = img.size
+            if verify:
+                img.verify()
+    except READ_ERRORS as exc:
+        return None, one_line(exc)
+    if size[0] < 1 or size[1] < 1:
+        return None, f"empty image {size[0]}x{size[1]}"
+    return size, None
+
+
 def _open_decoded(path: Path, what: str) -> Image.Image:
     """Open and fully decode a file, so truncated data fails here rather than deep inside a DataLoader."""
     try:
         with Image.open(path) as img:
             img.load()
             return img.copy()
-    except _READ_ERRORS as exc:
-        raise OneLineImageReadError(f"cannot read {what} {path}: {_one_line(exc)}") from exc
+    except READ_ERRORS as exc:
+        raise OneLineImageReadError(f"cannot read {what} {path}: {one_line(exc)}") from exc
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -137,8 +148,8 @@ def load_image(path: str | Path) -> Image.Image:
     img = _open_decoded(Path(path), "image")
     try:
         return to_rgb(img)
-    except _READ_ERRORS as exc:
-        raise OneLineImageReadError(f"cannot read image {path}: {_one_line(exc)}") from exc
+    except READ_ERRORS as exc:
+        raise OneLineImageReadError(f"cannot read image {path}: {one_line(exc)}") from exc
 
 
 def load_mask(path: str | Path) -> np.ndarray:
@@ -178,12 +189,12 @@ SIZE_MULTIPLE = 16
 """Sides derived from an aspect ratio are rounded to this multiple: the deepest default level has stride 16."""
 
 
-def as_hw(image_size: int | Sequence[int]) -> ImageSize:
+def as_hw(size: int | Sequence[int]) -> ImageSize:
     """``S`` or ``[S]`` -> (S, S); ``[H, W]`` -> (H, W); anything else is a one-line :class:`DataError`."""
-    values: list[object] = list(image_size) if isinstance(image_size, (list, tuple)) else [image_size]
+    values: list[object] = list(size) if isinstance(size, (list, tuple)) else [size]
     sides = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 1]
     if not values or len(values) > 2 or len(sides) != len(values):
-        raise DataError(f"image size must be one positive integer S (S x S) or two, H W; got {image_size!r}")
+        raise DataError(f"image size must be one positive integer S (S x S) or two, H W; got {size!r}")
     return (sides[0], sides[-1])
 
 
@@ -209,11 +220,9 @@ def median_aspect(paths: Sequence[Path]) -> float:
     """Median height / width of the images, read from their headers only; unreadable files are left out."""
     ratios = []
     for path in paths:
-        try:
-            with Image.open(path) as img:
-                ratios.append(img.height / img.width)
-        except _READ_ERRORS:
-            continue
+        size, _ = image_header(path)
+        if size is not None:
+            ratios.append(size[1] / size[0])
     if not ratios:
         raise DataError("cannot determine the aspect ratio: no readable training image")
     return float(np.median(ratios))
@@ -248,13 +257,8 @@ class ImageTransform:
     states the resize in words for deployments that do it themselves.
     """
 
-    def __init__(
-        self,
-        image_size: int | Sequence[int],
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
-        self.size = as_hw(image_size)
+    def __init__(self, size: int | Sequence[int], mean: Sequence[float], std: Sequence[float]) -> None:
+        self.size = as_hw(size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.normalize = Normalize(self.mean, self.std)
@@ -297,3 +301,15 @@ def resize_mask(mask: np.ndarray, size: int | Sequence[int]) -> torch.Tensor:
     height, width = as_hw(size)
     resized = np.asarray(pil.resize((width, height), resample=Image.Resampling.NEAREST)) > 0
     return torch.from_numpy(resized).unsqueeze(0)
+
+
+def save_image(path: Path, array: np.ndarray) -> None:
+    """Write an RGB or single-channel uint8 array atomically, in the format of the path's suffix (.png, .jpg)."""
+    import cv2
+
+    image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, encoded = cv2.imencode(path.suffix.lower(), image, params)
+    if not ok:
+        raise OSError(f"cannot encode {path}")
+    atomic_write_bytes(path, encoded.tobytes())

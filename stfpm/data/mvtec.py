@@ -23,16 +23,16 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from stfpm.data.io import IMAGE_EXTENSIONS, as_hw, list_images, load_image, load_mask, resize_mask
+import numpy as np
+
+from stfpm.data.io import IMAGE_EXTENSIONS, ImageTransform, image_header, list_images, load_image, load_mask, resize_mask
 from stfpm.data.categories import MVTEC_CATEGORIES
-from stfpm.errors import DataError
+from stfpm.core.errors import DataError, ImageReadError
 
 logger = logging.getLogger(__name__)
 
 
 GOOD = "good"
-DEFAULT_DATA_ROOT = "./data/mvtec_anomaly_detection"
-"""Where scripts/download_mvtec.py puts MVTec AD by default, and where train.py looks for it."""
 _MAX_EXAMPLES = 5
 
 
@@ -268,28 +268,53 @@ def split_train_val(
 
 
 class ImageFolderDataset(Dataset):
-    """Plain list of image files -> ``{"image": tensor[3, H, W], "path": str, "index": int}`` (training /
-    validation); the index lets validation drop the repeats that a distributed sampler pads with."""
+    """Image files -> ``{"image": tensor[3, H, W], "path": str, "index": int}``: training, validation and
+    predict.py's folders. The index lets validation drop the repeats that a distributed sampler pads with.
 
-    def __init__(self, paths: Sequence[str | Path], transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    ``keep_source`` adds the decoded image (``"source"``, uint8 HxWx3, for heatmap overlays); with
+    ``skip_unreadable`` a file that cannot be read becomes ``{"index": i, "error": message}`` instead of an
+    exception (:func:`collate_readable` batches such items).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        transform: Callable[[Image.Image], torch.Tensor],
+        keep_source: bool = False,
+        skip_unreadable: bool = False,
+    ) -> None:
         self.paths = [Path(p) for p in paths]
         self.transform = transform
+        self.keep_source = keep_source
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
-        return {"image": self.transform(load_image(path)), "path": str(path), "index": index}
+        try:
+            image = load_image(path)
+        except ImageReadError as exc:
+            if not self.skip_unreadable:
+                raise
+            return {"index": index, "error": str(exc)}
+        item = {"image": self.transform(image), "path": str(path), "index": index}
+        if self.keep_source:
+            item["source"] = np.asarray(image)
+        return item
 
 
-def _header_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file header only; None if unreadable (the real load reports that)."""
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except Exception:  # noqa: BLE001 - any failure is reported properly when the item is loaded
-        return None
+def collate_readable(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch of :class:`ImageFolderDataset` items: the readable images stacked into one tensor (None when
+    there are none), their indices and decoded sources, and ``errors`` as (index, message) pairs."""
+    good = [i for i in items if "error" not in i]
+    return {
+        "image": torch.stack([i["image"] for i in good]) if good else None,
+        "index": [i["index"] for i in good],
+        "source": [i.get("source") for i in good],  # numpy: stays on the CPU
+        "errors": [(i["index"], i["error"]) for i in items if "error" in i],
+    }
 
 
 class TestDataset(Dataset):
@@ -305,13 +330,12 @@ class TestDataset(Dataset):
     def __init__(
         self,
         samples: Sequence[TestSample],
-        transform: Callable[[Image.Image], torch.Tensor],
-        image_size: int | Sequence[int],
-        warn_mask_sizes: bool = True,
+        transform: ImageTransform,
+        warn_mask_sizes: bool,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
-        self.image_size = as_hw(image_size)
+        self.size = transform.size
         if warn_mask_sizes:
             self._warn_mask_sizes()
 
@@ -320,11 +344,11 @@ class TestDataset(Dataset):
         for sample in self.samples:
             if sample.mask_path is None:
                 continue
-            image_size, mask_size = _header_size(sample.image_path), _header_size(sample.mask_path)
-            if image_size and mask_size and image_size != mask_size:
+            (image_dims, _), (mask_dims, _) = image_header(sample.image_path), image_header(sample.mask_path)
+            if image_dims and mask_dims and image_dims != mask_dims:
                 logger.warning(
                     "mask %s is %dx%d but image is %dx%d; resized",
-                    sample.mask_path, *mask_size, *image_size,
+                    sample.mask_path, *mask_dims, *image_dims,
                 )
 
     def __len__(self) -> int:
@@ -334,9 +358,9 @@ class TestDataset(Dataset):
         sample = self.samples[index]
         image = self.transform(load_image(sample.image_path))
         if sample.mask_path is not None:
-            mask = resize_mask(load_mask(sample.mask_path), self.image_size)
+            mask = resize_mask(load_mask(sample.mask_path), self.size)
         else:
-            mask = torch.zeros((1, *self.image_size), dtype=torch.bool)
+            mask = torch.zeros((1, *self.size), dtype=torch.bool)
         return {
             "image": image,
             "mask": mask,
@@ -352,6 +376,7 @@ __all__ = [
     "CategoryIndex",
     "ImageFolderDataset",
     "TestDataset",
+    "collate_readable",
     "TestSample",
     "list_categories",
     "resolve_category_dir",

@@ -20,27 +20,14 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from stfpm.reporting.atomic import atomic_write_text
-from stfpm.data.io import _READ_ERRORS, _one_line
+from stfpm.core.errors import DataError, one_line
+from stfpm.core.files import atomic_write_text
+from stfpm.data.io import READ_ERRORS, image_header
 from stfpm.data.mvtec import TestSample
-from stfpm.errors import DataError
 
 log = logging.getLogger(__name__)
 
 _SHOWN = 3
-
-
-def probe_image(path: Path) -> tuple[tuple[int, int] | None, str | None]:
-    """((width, height), None) from the header, or (None, reason) for a file that is not a readable image."""
-    try:
-        with Image.open(path) as img:
-            size = img.size
-            img.verify()
-    except _READ_ERRORS as exc:
-        return None, _one_line(exc)
-    if size[0] < 1 or size[1] < 1:
-        return None, f"empty image {size[0]}x{size[1]}"
-    return size, None
 
 
 @dataclass
@@ -95,7 +82,7 @@ def check_train(images: Sequence[Path]) -> tuple[list[Path], PreflightReport]:
     report = PreflightReport("train")
     usable = []
     for path in images:
-        size, error = probe_image(path)
+        size, error = image_header(path, verify=True)
         if error:
             report.unreadable.append((str(path), error))
         else:
@@ -106,19 +93,19 @@ def check_train(images: Sequence[Path]) -> tuple[list[Path], PreflightReport]:
     return usable, report
 
 
-def _mask_problem(mask_path: Path, image_size: tuple[int, int]) -> str | None:
+def _mask_problem(mask_path: Path, image_dims: tuple[int, int]) -> str | None:
     """What is odd about a mask (size, values), decoded once; ``unreadable mask: ...`` when it cannot be read."""
     try:
         with Image.open(mask_path) as img:
             img.load()
             mask_size = img.size
             raw = np.asarray(img.convert("RGB") if img.mode == "P" else img)  # as load_mask reads it
-    except _READ_ERRORS as exc:
-        return f"unreadable mask: {_one_line(exc)}"
+    except READ_ERRORS as exc:
+        return f"unreadable mask: {one_line(exc)}"
     color = raw[..., :3] if raw.ndim == 3 else raw  # an alpha channel is not part of the mask
     problems = []
-    if mask_size != image_size:
-        problems.append(f"mask is {mask_size[0]}x{mask_size[1]}, image {image_size[0]}x{image_size[1]}")
+    if mask_size != image_dims:
+        problems.append(f"mask is {mask_size[0]}x{mask_size[1]}, image {image_dims[0]}x{image_dims[1]}")
     distinct = len(np.unique(color))
     if distinct > 2:
         problems.append(f"{distinct} distinct values, not 2 (anti-aliased or coloured?)")
@@ -132,7 +119,7 @@ def check_test(samples: Sequence[TestSample], orphan_masks: Sequence[Path]) -> t
     report = PreflightReport("test")
     usable: list[TestSample] = []
     for sample in samples:
-        size, error = probe_image(sample.image_path)
+        size, error = image_header(sample.image_path, verify=True)
         if error or size is None:
             report.unreadable.append((str(sample.image_path), error or "unreadable"))
             continue

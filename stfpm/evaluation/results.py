@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from dataclasses import dataclass, field
@@ -13,9 +12,9 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from stfpm.data import MVTecDataModule
-from stfpm.data.io import as_hw
 from stfpm.evaluation.metrics import aupro, auroc, f1_max, overlap_at_threshold, rates_at_threshold, tpr_at_fpr
 from stfpm.inference.engine import run_inference
+from stfpm.inference.settings import DeviceSettings
 from stfpm.model.lightning_model import STFPM
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ class _Collector(BasePredictionWriter):
             raise RuntimeError(f"{int((~self.filled).sum())} test images received no prediction")
 
 
-def predict_test_split(model: STFPM, datamodule: MVTecDataModule, args: argparse.Namespace) -> tuple[TestPredictions, bool]:
+def predict_test_split(model: STFPM, datamodule: MVTecDataModule, devices: DeviceSettings) -> tuple[TestPredictions, bool]:
     """Run the model over the test split through the shared engine (progress bar, devices, precision, DDP).
 
     Returns the predictions of every test image, in dataset order, on every process, and whether this
@@ -103,8 +102,8 @@ def predict_test_split(model: STFPM, datamodule: MVTecDataModule, args: argparse
     datamodule.setup("test")
     assert datamodule.test_dataset is not None
     n = len(datamodule.test_dataset)
-    collector = _Collector(n, as_hw(model.hparams["image_size"]))
-    trainer = run_inference(model, datamodule.test_dataloader(), args, [collector])
+    collector = _Collector(n, model.preprocessing().size)
+    trainer = run_inference(model, datamodule.test_dataloader(), devices, [collector])
     return collector.data, trainer.is_global_zero
 
 
@@ -127,7 +126,7 @@ def _flat(arrays: Any) -> np.ndarray:
 
 def compute_metrics(
     pred: TestPredictions,
-    fpr_limit: float = 0.3,
+    fpr_limit: float,
     image_threshold: float = math.nan,
     pixel_threshold: float = math.nan,
 ) -> dict[str, Any]:

@@ -4,7 +4,8 @@ The exported network takes RGB images already resized to the training size, as f
 ([B,3,H,W]); ImageNet normalisation is built in. It returns the anomaly maps [B,1,H,W] and image scores [B],
 computed by the same :meth:`STFPMModel.predict` as test.py and predict.py. The normalisation is the data
 pipeline's own :class:`~stfpm.data.io.Normalize`; the resize is left to the deployment and stated exactly in the
-JSON file beside the network, with the thresholds (a :class:`~stfpm.inference.thresholding.ThresholdPolicy`) and backbones.
+JSON file beside the network, with the thresholds (a :class:`~stfpm.inference.thresholding.ThresholdPolicy`) and the
+model's settings.
 """
 
 from __future__ import annotations
@@ -17,17 +18,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from stfpm.data.io import Normalize, as_hw
-from stfpm.errors import STFPMError
+from stfpm.core.errors import STFPMError
+from stfpm.core.files import atomic_write_text
+from stfpm.data.io import Normalize
+from stfpm.inference.settings import EXPORT_FORMATS
 from stfpm.inference.thresholding import ThresholdPolicy
 from stfpm.model.lightning_model import STFPM
 from stfpm.model.torch_model import STFPMModel
-from stfpm.reporting.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("exported_program", "torchscript", "onnx")
-
 
 class DeployableSTFPM(nn.Module):
     """Normalisation followed by the STFPM forward pass: images in [0, 1] -> (maps, scores)."""
@@ -47,42 +46,32 @@ def deployable(model: STFPM) -> DeployableSTFPM:
 
 
 def metadata(model: STFPM, fmt: str, policy: ThresholdPolicy | None = None) -> dict:
-    """What a deployment needs besides the network; thresholds: ``policy``, else the calibrated ones."""
-    hp = model.hparams
+    """What a deployment needs besides the network; thresholds: ``policy``, else the calibrated ones. The model's
+    settings are recorded as the checkpoint records them, by section."""
     transform = model.preprocessing()
     height, width = transform.size
     policy = policy or ThresholdPolicy(*model.thresholds)
+    tiled = model.model.tiler is not None
     return {
         "format": fmt,
         "input": f"float32 RGB [B,3,{height},{width}] in [0, 1] (resized, not normalised)",
         "resize": transform.resize,
         "outputs": [f"anomaly_maps [B,1,{height},{width}]", "image_scores [B]"],
         "decision": "image anomalous if image_score >= image_threshold; pixel defective if map >= pixel_threshold",
-        "image_size": hp["image_size"],
-        "map_fusion": hp.get("map_fusion", "product"),
-        "map_sigma": hp.get("map_sigma", 0.0),
-        "map_normalization": "reference" if model.model.anomaly_map.reference_in_use else "none",
-        "score_fraction": model.model.anomaly_map.score_fraction,
-        "score_levels": list(model.model.anomaly_map.score_levels),
-        "tile_size": hp.get("tile_size"),
-        "tile_overlap": hp.get("tile_overlap", 0.25) if hp.get("tile_size") is not None else None,
-        "tiling": "inside the network: feed the whole resized image" if hp.get("tile_size") is not None else None,
-        "mean": list(transform.mean),
-        "std": list(transform.std),
+        "tiling": "inside the network: feed the whole resized image" if tiled else None,
+        "reference_normalization_in_use": model.model.reference.in_use,
         **policy.as_dict(),
-        "backbone": hp["backbone"],
-        "student_backbone": hp["student_backbone"],
-        "layers": list(hp["layers"]),
+        "settings": {name: section for name, section in model.settings.as_dict().items() if name != "optimizer"},
         "category": model.run_info.get("category"),
     }
 
 
 def export(model: STFPM, output: Path, fmt: str = "exported_program", policy: ThresholdPolicy | None = None) -> Path:
     """Write the network to ``output`` and its metadata (thresholds: ``policy``, else calibrated) beside it."""
-    if fmt not in FORMATS:
-        raise STFPMError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise STFPMError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     net = deployable(model)
-    example = torch.rand(2, 3, *as_hw(model.hparams["image_size"]))
+    example = torch.rand(2, 3, *model.preprocessing().size)
     output.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stfpm.inference.thresholding import ThresholdPolicy
+from stfpm.reporting.render import heatmap_scale, overlay
 
 
 def resize_map(anomaly_map: Tensor, size: tuple[int, int]) -> Tensor:
@@ -46,27 +47,6 @@ def binary_mask(anomaly_map: np.ndarray, threshold: float, min_area: int = 0) ->
     return mask.astype(np.uint8) * 255
 
 
-def heatmap_scale(pixel_threshold: float, anomaly_map: np.ndarray) -> float:
-    """Upper end of the colour scale: twice the pixel threshold, so the threshold sits mid-scale and the
-    colours of different images are comparable; the map's own maximum when no threshold is known."""
-    if math.isfinite(pixel_threshold) and pixel_threshold > 0:
-        return 2.0 * pixel_threshold
-    return float(anomaly_map.max()) or 1.0
-
-
-def colorize(anomaly_map: np.ndarray, vmax: float) -> np.ndarray:
-    """JET colour image (RGB uint8) of a map scaled to [0, vmax]."""
-    scaled = np.clip(anomaly_map / vmax, 0.0, 1.0)
-    bgr = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def overlay(image_rgb: np.ndarray, anomaly_map: np.ndarray, vmax: float, alpha: float = 0.5) -> np.ndarray:
-    """The coloured map blended over the image (both at the same size), RGB uint8."""
-    heat = colorize(anomaly_map, vmax)
-    return cv2.addWeighted(image_rgb, 1.0 - alpha, heat, alpha, 0.0)
-
-
 def to_numpy(anomaly_map: Tensor) -> np.ndarray:
     """A float32 numpy copy of a map, wherever it lives."""
     return anomaly_map.detach().to("cpu", torch.float32).numpy()
@@ -76,7 +56,7 @@ def to_numpy(anomaly_map: Tensor) -> np.ndarray:
 class Prediction:
     """The verdict on one image, at the image's own resolution."""
 
-    score: float  # the image score (the map's max, unless --score-fraction or --score-levels say otherwise)
+    score: float  # the image score (by default the mean of the top 1% of the map of the coarser levels)
     is_anomalous: bool  # score >= image threshold
     anomaly_map: np.ndarray  # float32 [H, W]
     mask: np.ndarray  # uint8 [H, W], exactly 0 or 255 (pixel >= pixel threshold)
@@ -90,7 +70,7 @@ class Prediction:
 class Postprocessor:
     """Model output of one image -> :class:`Prediction` at its source size, under one threshold policy."""
 
-    def __init__(self, policy: ThresholdPolicy, min_defect_area: int = 0) -> None:
+    def __init__(self, policy: ThresholdPolicy, min_defect_area: int) -> None:
         if min_defect_area < 0:
             raise ValueError(f"min_defect_area must be >= 0, got {min_defect_area}")
         self.policy = policy.require_defined()

@@ -22,9 +22,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from stfpm.core.errors import STFPMError
 from stfpm.data import load_image
-from stfpm.errors import STFPMError
+from stfpm.inference.folder import FolderSummary, predict_folder
 from stfpm.inference.postprocess import Postprocessor, Prediction
+from stfpm.inference.settings import DeviceSettings, EngineSettings, PredictSettings, ThresholdSettings, autocast_dtype
 from stfpm.inference.thresholding import ThresholdPolicy
 from stfpm.model.checkpoint import load_checkpoint
 from stfpm.model.lightning_model import STFPM
@@ -47,10 +49,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-_AUTOCAST = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16,
-             "16-mixed": torch.float16, "16": torch.float16}
-
-
 class Predictor:
     """A trained model on one device with its preprocessing, decision thresholds and postprocessing."""
 
@@ -64,15 +62,15 @@ class Predictor:
         precision: str = "32-true",
         thresholds_from: str | Path | None = None,
     ) -> None:
-        if precision not in _AUTOCAST:
-            raise STFPMError(f"unknown precision {precision!r}; choose one of {', '.join(_AUTOCAST)}")
+        self.dtype = autocast_dtype(precision)
+        self.precision = precision
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.model.prepare_for_inference()
         self.transform = model.preprocessing()
-        policy = ThresholdPolicy.resolve(model.thresholds, image_threshold, pixel_threshold, thresholds_from)
-        self.postprocessor = Postprocessor(policy, min_defect_area)
-        self.dtype = _AUTOCAST[precision]
+        self.thresholds = ThresholdSettings(pixel_threshold, image_threshold, None if thresholds_from is None
+                                            else str(thresholds_from))
+        self.postprocessor = Postprocessor(ThresholdPolicy.of(self.thresholds, model.thresholds), min_defect_area)
 
     @property
     def image_threshold(self) -> float:
@@ -103,6 +101,18 @@ class Predictor:
         """Predictions for a preprocessed batch whose images had the given (height, width) sizes."""
         maps, scores = self.anomaly_maps(batch)
         return [self.postprocessor(m, s, size) for m, s, size in zip(maps, scores.tolist(), source_sizes)]
+
+    def predict_folder(self, input: str | Path, output: str | Path, **options: Any) -> FolderSummary:
+        """predict.py on a folder (or file) with this model, device, precision and thresholds: masks, heatmaps and
+        predictions.csv under ``output``; ``options`` are predict.py's (``resume=True``, ``heatmap_format="png"``,
+        ``batch_size=8``, ...)."""
+        engine_options = {k: options.pop(k) for k in EngineSettings.names() if k in options}
+        on_gpu = self.device.type == "cuda"
+        devices = DeviceSettings(accelerator="gpu" if on_gpu else self.device.type,
+                                 devices=[self.device.index or 0] if on_gpu else 1, precision=self.precision)
+        settings = PredictSettings(input=str(input), output=str(output),
+                                   min_defect_area=self.postprocessor.min_defect_area, **options)
+        return predict_folder(settings, EngineSettings(**engine_options), devices, self.thresholds, self.model)
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> Prediction | list[Prediction]:
         """Score one image (PIL, numpy HxW/HxWxC uint8, or a path) or a list of them."""

@@ -1,15 +1,5 @@
-"""Decision thresholds calibrated on held-out normal images only.
-
-Rule: the image threshold is the ``image_quantile`` quantile of the image scores of the validation normals,
-the pixel threshold the ``pixel_quantile`` quantile of all their anomaly-map pixels. The image quantile is
-either read off the scores (``empirical``) or from a Gumbel distribution fitted to them (``gumbel``, the law of
-a maximum, which an image score is): with few validation images the empirical 0.99 quantile is simply their
-maximum, which a new good image exceeds with probability about 1/(n+1), far above the promised 1%. No test label is ever
-involved, so the thresholds are available to any user who has only defect-free photos. With the defaults
-(0.99 / 0.999) about 1% of normal parts would be flagged and about 0.1% of normal pixels would be white in a
-mask, if the validation images are representative; raise the quantiles (up to 1.0 = the maximum seen) for
-fewer false alarms, lower them for more sensitivity.
-"""
+"""The decision thresholds in use: explicit ones, the F1-optimal ones of a test.py results.json, or those the
+calibration (:mod:`stfpm.model.calibrate`) stored in the checkpoint."""
 
 from __future__ import annotations
 
@@ -19,76 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import Tensor
-
-from stfpm.errors import STFPMError
-
-
-def quantile_threshold(values: Tensor | np.ndarray, quantile: float) -> float:
-    """The ``quantile`` of ``values`` (any shape), computed exactly with numpy's linear interpolation.
-
-    numpy is used because ``torch.quantile`` refuses inputs above 16M elements, which a validation set of
-    256x256 maps reaches quickly.
-    """
-    if not 0.0 <= quantile <= 1.0:
-        raise ValueError(f"threshold quantile must be in [0, 1], got {quantile}")
-    array = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
-    array = array.reshape(-1)
-    if array.size == 0:
-        return float("nan")
-    return float(np.quantile(array, quantile))
-
-
-CALIBRATIONS = ("empirical", "gumbel")
-
-_EULER_GAMMA = 0.5772156649015329
-
-
-def gumbel_threshold(values: Tensor | np.ndarray, quantile: float) -> float:
-    """The ``quantile`` of a Gumbel (maximum) distribution fitted to ``values`` by the method of moments.
-
-    Falls back to the empirical quantile with fewer than 3 values, and never returns less than it, so a
-    poor fit cannot promise fewer false alarms than the data already show.
-    """
-    array = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
-    array = array.reshape(-1).astype(np.float64)
-    empirical = quantile_threshold(array, quantile)
-    if array.size < 3 or quantile >= 1.0:
-        return empirical
-    beta = float(np.std(array, ddof=1)) * math.sqrt(6.0) / math.pi
-    mu = float(np.mean(array)) - _EULER_GAMMA * beta
-    fitted = mu - beta * math.log(-math.log(quantile)) if quantile > 0 else -math.inf
-    return max(fitted, empirical)
-
-
-def few_images_warning(n: int, quantile: float, method: str) -> str | None:
-    """Why ``n`` validation images cannot keep the promise of the ``quantile`` (None when they can)."""
-    if method != "empirical" or not 0 < quantile < 1 or n >= 1 / (1 - quantile):
-        return None
-    return (
-        f"only {n} validation images: their {quantile:.3g} quantile is about their maximum, which roughly 1 good part "
-        f"in {n + 1} will exceed (not {100 * (1 - quantile):.2g}%); add training images, raise --val-fraction or use "
-        "--calibration gumbel"
-    )
-
-
-def calibrate(
-    image_scores: Tensor,
-    anomaly_maps: Tensor,
-    image_quantile: float,
-    pixel_quantile: float,
-    method: str = "empirical",
-) -> tuple[float, float]:
-    """(image threshold, pixel threshold) from the scores and maps of normal validation images."""
-    if method not in CALIBRATIONS:
-        raise ValueError(f"unknown calibration {method!r}; choose one of {', '.join(CALIBRATIONS)}")
-    image_rule = gumbel_threshold if method == "gumbel" else quantile_threshold
-    return (
-        image_rule(image_scores, image_quantile),
-        quantile_threshold(anomaly_maps.to(torch.float32), pixel_quantile),
-    )
+from stfpm.core.errors import STFPMError
+from stfpm.inference.settings import ThresholdSettings
 
 
 @dataclass(frozen=True)
@@ -125,6 +47,11 @@ class ThresholdPolicy:
         sources = {chosen["image"][1], chosen["pixel"][1]}
         source = sources.pop() if len(sources) == 1 else f"image {chosen['image'][1]}, pixel {chosen['pixel'][1]}"
         return cls(chosen["image"][0], chosen["pixel"][0], source)
+
+    @classmethod
+    def of(cls, settings: ThresholdSettings, calibrated: tuple[float, float]) -> ThresholdPolicy:
+        """The policy a command's threshold options ask for."""
+        return cls.resolve(calibrated, settings.image_threshold, settings.threshold, settings.thresholds_from)
 
     def or_else(self, image: float | None, pixel: float | None, source: str) -> ThresholdPolicy:
         """This policy with each undefined (NaN) threshold replaced by the given one, e.g. test.py's F1-optimal

@@ -1,2 +1,3 @@
-"""The model: backbones, the pure-PyTorch teacher/student network, the anomaly map, the loss, tiling, the Lightning
-wrapper that trains and calibrates it, and checkpoint loading."""
+"""The model: its settings, backbones, the pure-PyTorch teacher/student network, the anomaly map, the fitted
+reference, the calibration step, the loss, tiling, the Lightning wrapper that trains and calibrates it, and the
+checkpoint format."""

@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from stfpm.errors import WeightsError
+from stfpm.core.errors import WeightsError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -83,28 +83,28 @@ def get_preset(name: str) -> BackbonePreset:
     return PRESETS[name]
 
 
-def resolve_layers(name: str, layers: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+def resolve_layers(name: str, wanted: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
     """Validate the requested stage names (default: the preset's three) and return them in network order."""
     preset = get_preset(name)
-    if not layers:
+    if not wanted:
         return preset.default_layers
-    unknown = [layer for layer in layers if layer not in preset.stages]
+    unknown = [layer for layer in wanted if layer not in preset.stages]
     if unknown:
         raise WeightsError(f"backbone {name} has no layer(s) {unknown}; available: {', '.join(preset.stages)}")
     order = list(preset.stages)
-    return tuple(sorted(set(layers), key=order.index))
+    return tuple(sorted(set(wanted), key=order.index))
 
 
-def layer_channels(name: str, layers: tuple[str, ...]) -> list[int]:
+def layer_channels(name: str, chosen: tuple[str, ...]) -> list[int]:
     """Output channels of the given stages."""
     stages = get_preset(name).stages
-    return [stages[layer][1] for layer in layers]
+    return [stages[layer][1] for layer in chosen]
 
 
-def layer_strides(name: str, layers: tuple[str, ...]) -> list[int]:
+def layer_strides(name: str, chosen: tuple[str, ...]) -> list[int]:
     """Output strides of the given stages."""
     stages = get_preset(name).stages
-    return [stages[layer][2] for layer in layers]
+    return [stages[layer][2] for layer in chosen]
 
 
 class FeatureExtractor(nn.Module):
@@ -148,15 +148,16 @@ def _get_submodule(model: nn.Module, dotted: str) -> nn.Module:
     return module
 
 
-def truncate(model: nn.Module, name: str, layers: tuple[str, ...], frozen: bool) -> FeatureExtractor:
-    """Cut a full torchvision ``model`` after the deepest of ``layers`` and wrap it as a feature extractor."""
+def truncate(model: nn.Module, name: str, chosen: tuple[str, ...], frozen: bool) -> FeatureExtractor:
+    """Cut a full torchvision ``model`` after the deepest of the ``chosen`` stages and wrap it as a feature
+    extractor."""
     stage_names = list(get_preset(name).stages)
-    deepest = max(stage_names.index(layer) for layer in layers)
+    deepest = max(stage_names.index(layer) for layer in chosen)
     stages = nn.ModuleList()
     for stage in stage_names[: deepest + 1]:
         parts = get_preset(name).stages[stage][0]
         stages.append(nn.Sequential(*[_get_submodule(model, p) for p in parts]))
-    return_index = [stage_names.index(layer) for layer in layers]
+    return_index = [stage_names.index(layer) for layer in chosen]
     cls = FrozenFeatureExtractor if frozen else FeatureExtractor
     return cls(stages, return_index)
 
@@ -174,7 +175,7 @@ def _load_imagenet(name: str, preset: BackbonePreset) -> nn.Module:
     try:
         return preset.builder(weights=weights)
     except Exception as exc:  # urllib errors, hash mismatches, truncated files: all mean "no weights"
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = one_line(exc, first_line=True)
         raise WeightsError(
             f"could not obtain ImageNet weights {weights} for {name} ({reason}); {_download_hint(name)}"
         ) from exc
@@ -187,7 +188,7 @@ def _load_state_dict_file(path: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"cannot read teacher weights {path}: {str(exc).splitlines()[0]}") from exc
+        raise WeightsError(f"cannot read teacher weights {path}: {one_line(exc, first_line=True)}") from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -210,7 +211,7 @@ def _load_local(name: str, preset: BackbonePreset, path: Path) -> nn.Module:
 
 
 def build_backbone(
-    name: str, layers: tuple[str, ...], weights: str | None, frozen: bool
+    name: str, chosen: tuple[str, ...], weights: str | None, frozen: bool
 ) -> FeatureExtractor:
     """Build a truncated backbone.
 
@@ -231,4 +232,4 @@ def build_backbone(
         model = preset.builder(weights=None)
     else:
         model = _load_local(name, preset, Path(weights).expanduser())
-    return truncate(model, name, layers, frozen)
+    return truncate(model, name, chosen, frozen)

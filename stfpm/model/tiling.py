@@ -30,17 +30,17 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
 class Tiler(nn.Module):
     """Cuts [B,C,H,W] batches into [B*T,C,h,w] tiles and stitches [B*T,1,h,w] maps back to [B,1,H,W]."""
 
-    def __init__(self, image_size: tuple[int, int], tile_size: tuple[int, int], overlap: float = 0.25) -> None:
+    def __init__(self, size: tuple[int, int], tile: tuple[int, int], overlap: float) -> None:
         super().__init__()
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.tile_size = (int(tile_size[0]), int(tile_size[1]))
+        self.size = (int(size[0]), int(size[1]))
+        self.tile = (int(tile[0]), int(tile[1]))
         self.overlap = float(overlap)
-        ys = tile_starts(self.image_size[0], self.tile_size[0], overlap)
-        xs = tile_starts(self.image_size[1], self.tile_size[1], overlap)
+        ys = tile_starts(self.size[0], self.tile[0], overlap)
+        xs = tile_starts(self.size[1], self.tile[1], overlap)
         self.positions = [(y, x) for y in ys for x in xs]
-        coverage = torch.zeros(1, 1, *self.image_size)
+        coverage = torch.zeros(1, 1, *self.size)
         for y, x in self.positions:
-            coverage[..., y: y + self.tile_size[0], x: x + self.tile_size[1]] += 1
+            coverage[..., y: y + self.tile[0], x: x + self.tile[1]] += 1
         self.coverage: Tensor
         self.register_buffer("coverage", coverage, persistent=False)
 
@@ -50,20 +50,20 @@ class Tiler(nn.Module):
 
     def split(self, images: Tensor) -> Tensor:
         """[B,C,H,W] -> [B*T,C,h,w], the T tiles of each image consecutive."""
-        if tuple(images.shape[-2:]) != self.image_size:
-            raise ValueError(f"tiler expects inputs of {self.image_size}, got {tuple(images.shape[-2:])}")
-        h, w = self.tile_size
+        if tuple(images.shape[-2:]) != self.size:
+            raise ValueError(f"tiler expects inputs of {self.size}, got {tuple(images.shape[-2:])}")
+        h, w = self.tile
         tiles = [images[..., y: y + h, x: x + w] for y, x in self.positions]
         return torch.stack(tiles, dim=1).flatten(0, 1)
 
     def merge(self, maps: Tensor) -> Tensor:
         """[B*T,1,h,w] -> [B,1,H,W], overlapping tiles averaged."""
-        h, w = self.tile_size
+        h, w = self.tile
         per_image = maps.reshape(-1, self.num_tiles, *maps.shape[1:])
-        out = maps.new_zeros(per_image.shape[0], maps.shape[1], *self.image_size)
+        out = maps.new_zeros(per_image.shape[0], maps.shape[1], *self.size)
         for t, (y, x) in enumerate(self.positions):
             out[..., y: y + h, x: x + w] += per_image[:, t]
         return out / self.coverage.to(out.dtype)
 
     def extra_repr(self) -> str:
-        return f"image_size={self.image_size}, tile_size={self.tile_size}, overlap={self.overlap}, tiles={self.num_tiles}"
+        return f"size={self.size}, tile={self.tile}, overlap={self.overlap}, tiles={self.num_tiles}"

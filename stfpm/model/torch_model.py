@@ -1,78 +1,62 @@
-"""The STFPM network in plain PyTorch: usable without Lightning and exportable (TorchScript/ONNX)."""
+"""The STFPM network in plain PyTorch: usable without Lightning and exportable (torch.export, TorchScript, ONNX)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
 
+import torch
 from torch import Tensor, nn
 
-from stfpm.data.io import as_hw
-from stfpm.errors import WeightsError
-from stfpm.model.anomaly_map import AnomalyMapGenerator, layer_anomaly_maps
-from stfpm.model.backbones import build_backbone, get_preset, layer_channels, layer_strides, resolve_layers
+from stfpm.core.errors import WeightsError
+from stfpm.model.anomaly_map import AnomalyMap, layer_anomaly_maps
+from stfpm.model.backbones import build_backbone, get_preset, layer_channels, layer_strides
+from stfpm.model.reference import ReferenceNormalizer
+from stfpm.model.settings import ModelSettings
 from stfpm.model.tiling import Tiler
-
-STUDENT_INITS = ("random", "teacher")
 
 
 class STFPMModel(nn.Module):
-    """A frozen pretrained teacher and a trainable student with the same feature pyramid.
+    """A frozen pretrained teacher and a trainable student with the same feature pyramid, the anomaly map, and what
+    the calibration fitted on the validation normals (the map's reference, the decision thresholds).
 
     When the student's channel counts differ from the teacher's (a heterogeneous pair, e.g. a ResNet-152
     teacher with a ResNet-18 student) the student gets a learned 1x1 convolution per level that maps its
     features to the teacher's width. This is an extension of this project; the paper uses identical
-    architectures, where no projection exists.
-
-    ``student_init``: ``random`` (the paper) or ``teacher``, a student that starts as a copy of the teacher's
-    pretrained weights (same architecture only). ``score_levels``: the levels the image score is fused from
-    (:data:`stfpm.model.anomaly_map.SCORE_LEVELS`).
+    architectures, where no projection exists. ``load_teacher`` False builds the teacher without its pretrained
+    weights (they are about to be loaded from a checkpoint: nothing is downloaded).
     """
 
-    def __init__(
-        self,
-        backbone: str = "resnet152",
-        student_backbone: str | None = None,
-        layers: list[str] | tuple[str, ...] | None = None,
-        teacher_weights: str | None = "imagenet",
-        map_fusion: str = "product",
-        map_sigma: float = 0.0,
-        image_size: int | Sequence[int] | None = None,
-        tile_size: int | Sequence[int] | None = None,
-        tile_overlap: float = 0.25,
-        map_normalization: str = "none",
-        score_fraction: float = 0.0,
-        student_init: str = "random",
-        score_levels: str | Sequence[int] = "all",
-    ) -> None:
+    def __init__(self, settings: ModelSettings, load_teacher: bool = True) -> None:
         super().__init__()
-        if student_init not in STUDENT_INITS:
-            raise ValueError(f"unknown student_init {student_init!r}; choose one of {', '.join(STUDENT_INITS)}")
-        student_backbone = student_backbone or backbone
-        if student_init == "teacher" and student_backbone != backbone:
+        self.settings = settings = settings.resolved()
+        b = settings.networks
+        if b.student_init == "teacher" and b.student_backbone != b.backbone:
             raise WeightsError(
-                f"--student-init teacher copies the teacher's weights, so the student must be a {backbone} too "
-                f"(got --student-backbone {student_backbone})"
+                f"--student-init teacher copies the teacher's weights, so the student must be a {b.backbone} too "
+                f"(got --student-backbone {b.student_backbone})"
             )
-        self.layers = resolve_layers(backbone, layers)
-        student_layers = _matching_student_layers(backbone, student_backbone, self.layers)
-        self.teacher = build_backbone(backbone, self.layers, teacher_weights, frozen=True)
-        self.student = build_backbone(student_backbone, student_layers, None, frozen=False)
-        if student_init == "teacher":
+        self.layers = tuple(b.layers or ())
+        student_layers = _matching_student_layers(b.backbone, b.student_backbone or b.backbone, self.layers)
+        weights = b.teacher_weights if load_teacher else None
+        self.teacher = build_backbone(b.backbone, self.layers, weights, frozen=True)
+        self.student = build_backbone(b.student_backbone or b.backbone, student_layers, None, frozen=False)
+        if b.student_init == "teacher":
             self.student.load_state_dict(self.teacher.state_dict())
-        t_channels = layer_channels(backbone, self.layers)
-        s_channels = layer_channels(student_backbone, student_layers)
+        t_channels = layer_channels(b.backbone, self.layers)
+        s_channels = layer_channels(b.student_backbone or b.backbone, student_layers)
         self.projections = nn.ModuleList(
             nn.Identity() if s == t else nn.Conv2d(s, t, kernel_size=1) for s, t in zip(s_channels, t_channels)
         )
-        self.tiler: Tiler | None = None
-        if tile_size is not None:
-            if image_size is None:
-                raise ValueError("tiling needs the input size")
-            self.tiler = Tiler(as_hw(image_size), as_hw(tile_size), tile_overlap)
-        size = as_hw(image_size) if image_size is not None else None
-        self.anomaly_map = AnomalyMapGenerator(
-            len(self.layers), map_fusion, map_sigma, self.tiler, map_normalization, size, score_fraction, score_levels
-        )
+        self.size = settings.input.size
+        tile = settings.input.tile
+        self.tiler = None if tile is None else Tiler(self.size, tile, settings.input.tile_overlap)
+        self.anomaly_map = AnomalyMap(settings.map, len(self.layers), self.tiler)
+        self.reference = ReferenceNormalizer(
+            len(self.layers), settings.map.map_normalization, self.size, self.anomaly_map.separate_score)
+        self.image_threshold: Tensor
+        self.pixel_threshold: Tensor
+        self.register_buffer("image_threshold", torch.tensor(math.nan))
+        self.register_buffer("pixel_threshold", torch.tensor(math.nan))
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Teacher features (no gradient) and student features (projected to the teacher's channels).
@@ -91,7 +75,12 @@ class STFPMModel(nn.Module):
 
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Anomaly maps [B,1,H,W] at the input resolution and image scores [B]."""
-        return self.anomaly_map(self.layer_maps(images), (images.shape[-2], images.shape[-1]))
+        return self.anomaly_map(self.layer_maps(images), (images.shape[-2], images.shape[-1]), self.reference)
+
+    @property
+    def thresholds(self) -> tuple[float, float]:
+        """(image threshold, pixel threshold); NaN when the model was trained without validation images."""
+        return float(self.image_threshold), float(self.pixel_threshold)
 
 
 def _matching_student_layers(teacher: str, student: str, layers: tuple[str, ...]) -> tuple[str, ...]:

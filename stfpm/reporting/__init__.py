@@ -1,1 +1,1 @@
-"""What runs write: result tables, visual reports, atomic file writes."""
+"""What runs write for people: result tables, heatmaps, image panels and plots (given plain data; no model)."""

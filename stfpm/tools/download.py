@@ -39,8 +39,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from stfpm.core.errors import DownloadError, TransientDownloadError, one_line
 from stfpm.data.categories import MVTEC_CATEGORIES
-from stfpm.errors import DownloadError, TransientDownloadError
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +66,6 @@ _USER_AGENT = "stfpm-download/1.0 (+python urllib)"
 _HASH_LENGTHS = {"md5": 32, "sha256": 64}
 # HTTP statuses worth retrying: the server (or something in between) may recover.
 _TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
-
-
-def _one_line(text: object) -> str:
-    """Collapse whitespace so that an error message stays on the single line the CLI prints."""
-    return " ".join(str(text).split())
 
 
 def _manual_hint() -> str:
@@ -151,94 +146,129 @@ def _start_from_content_range(value: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _fetch_once(url: str, part: Path, chunk_size: int, timeout: float, progress: bool, desc: str) -> bool:
-    """One HTTP request that appends to (or restarts) ``part``.
+class _RangeNotSatisfiable(Exception):
+    """The server answered a resume request with HTTP 416; carries its ``Content-Range`` header."""
 
-    Returns ``True`` when ``part`` holds the complete file, ``False`` when the partial data turned out to be
-    unusable and was deleted (the caller then asks again from byte 0). Network trouble raises
-    :class:`TransientDownloadError` with ``part`` kept, so a later call can resume.
+    def __init__(self, content_range: str | None) -> None:
+        super().__init__(content_range)
+        self.content_range = content_range
+
+
+def _open_request(url: str, offset: int, timeout: float) -> Any:
+    """Send the request (a ``Range`` request from ``offset`` when resuming) and return the open response.
+
+    HTTP errors worth retrying and network trouble raise :class:`TransientDownloadError`, other HTTP errors and
+    malformed URLs :class:`DownloadError`; a 416 answer to a resume raises :class:`_RangeNotSatisfiable`.
     """
-    offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - URL chosen by the user
+        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - URL chosen by the user
     except urllib.error.HTTPError as exc:
         content_range = exc.headers.get("Content-Range") if exc.headers else None
         exc.close()
         if exc.code == 416 and offset:
-            total = _total_from_content_range(content_range)
-            if total is None or total == offset:
-                logger.info("%s is already complete (%d bytes)", part.name, offset)
-                return True
-            logger.warning(
-                "partial file %s (%d bytes) does not fit the remote file (%d bytes); starting again",
-                part, offset, total,
-            )
-            part.unlink()
-            return False
-        message = f"download of {url} failed: HTTP {exc.code} {_one_line(exc.reason)}"
+            raise _RangeNotSatisfiable(content_range) from exc
+        message = f"download of {url} failed: HTTP {exc.code} {one_line(exc.reason)}"
         if exc.code in _TRANSIENT_HTTP:
             raise TransientDownloadError(message) from exc
         raise DownloadError(message) from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         if isinstance(exc, ValueError):  # e.g. "unknown url type": a user typo, retrying cannot help
-            raise DownloadError(f"cannot download {url}: {_one_line(reason)}") from exc
-        raise TransientDownloadError(f"cannot reach {url}: {_one_line(reason) or type(exc).__name__}") from exc
+            raise DownloadError(f"cannot download {url}: {one_line(reason)}") from exc
+        raise TransientDownloadError(f"cannot reach {url}: {one_line(reason) or type(exc).__name__}") from exc
 
-    with response:
-        status = response.status
-        length_header = response.headers.get("Content-Length")
-        length = int(length_header) if length_header and length_header.isdigit() else None
-        if status == 206:
-            start = _start_from_content_range(response.headers.get("Content-Range"))
-            if start != offset:
-                logger.warning("server answered the resume request with bytes from %s; starting again", start)
-                part.unlink(missing_ok=True)
-                return False
-            total = _total_from_content_range(response.headers.get("Content-Range"))
-            if total is None and length is not None:
-                total = offset + length
-            mode = "ab"
-        else:
-            if offset:
-                logger.info("server does not support resuming (HTTP %d); downloading %s from the start", status, desc)
-            start, total, mode = 0, length, "wb"
 
-        if total is not None:
-            free = shutil.disk_usage(part.parent).free
-            if total - start > free:
-                raise DownloadError(
-                    f"not enough disk space in {part.parent} for {url}: "
-                    f"{total - start} bytes needed, {free} bytes free"
-                )
+def _settle_unsatisfiable_range(part: Path, offset: int, content_range: str | None) -> bool:
+    """After a 416: ``True`` if ``part`` already is the whole file, else delete it and return ``False``."""
+    total = _total_from_content_range(content_range)
+    if total is None or total == offset:
+        logger.info("%s is already complete (%d bytes)", part.name, offset)
+        return True
+    logger.warning(
+        "partial file %s (%d bytes) does not fit the remote file (%d bytes); starting again",
+        part, offset, total,
+    )
+    part.unlink()
+    return False
 
-        received = start
-        try:
-            with open(part, mode) as fh, tqdm(
-                total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-                disable=not progress,
-            ) as bar:
-                while True:
-                    try:
-                        chunk = response.read(chunk_size)
-                    except (OSError, http.client.HTTPException, ValueError) as exc:
-                        raise TransientDownloadError(
-                            f"download of {url} was interrupted after {received} bytes "
-                            f"({_one_line(exc) or type(exc).__name__}); the partial data is kept in {part}, "
-                            "re-run to resume"
-                        ) from exc
-                    if not chunk:
-                        break
-                    fh.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-        except OSError as exc:  # writing the partial file failed (disk full, permissions): not a network problem
-            raise DownloadError(f"cannot write {part}: {_one_line(exc)}") from exc
 
+def _transfer_plan(response: Any, part: Path, offset: int, desc: str) -> tuple[int, int | None, str] | None:
+    """Resume or restart, from the response: ``(start byte, total size or None, file mode)``.
+
+    ``None`` means the server resumed from the wrong byte; ``part`` was deleted and the caller starts again.
+    """
+    status = response.status
+    length_header = response.headers.get("Content-Length")
+    length = int(length_header) if length_header and length_header.isdigit() else None
+    if status != 206:
+        if offset:
+            logger.info("server does not support resuming (HTTP %d); downloading %s from the start", status, desc)
+        return 0, length, "wb"
+    start = _start_from_content_range(response.headers.get("Content-Range"))
+    if start != offset:
+        logger.warning("server answered the resume request with bytes from %s; starting again", start)
+        part.unlink(missing_ok=True)
+        return None
+    total = _total_from_content_range(response.headers.get("Content-Range"))
+    if total is None and length is not None:
+        total = offset + length
+    return offset, total, "ab"
+
+
+def _check_disk_space(url: str, part: Path, start: int, total: int | None) -> None:
+    """Fail before streaming when the remaining ``total - start`` bytes cannot fit next to ``part``."""
+    if total is None:
+        return
+    free = shutil.disk_usage(part.parent).free
+    if total - start > free:
+        raise DownloadError(
+            f"not enough disk space in {part.parent} for {url}: "
+            f"{total - start} bytes needed, {free} bytes free"
+        )
+
+
+def _read_chunk(response: Any, chunk_size: int, url: str, part: Path, received: int) -> bytes:
+    """Next block of the body; a network failure raises :class:`TransientDownloadError` (``part`` kept)."""
+    try:
+        return response.read(chunk_size)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise TransientDownloadError(
+            f"download of {url} was interrupted after {received} bytes "
+            f"({one_line(exc) or type(exc).__name__}); the partial data is kept in {part}, "
+            "re-run to resume"
+        ) from exc
+
+
+def _copy_body(
+    response: Any, url: str, part: Path, plan: tuple[int, int | None, str], chunk_size: int, progress: bool,
+    desc: str,
+) -> int:
+    """Stream the response body into ``part`` (opened with the plan's mode); returns the size of ``part``."""
+    start, total, mode = plan
+    received = start
+    try:
+        with open(part, mode) as fh, tqdm(
+            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+            disable=not progress,
+        ) as bar:
+            while True:
+                chunk = _read_chunk(response, chunk_size, url, part, received)
+                if not chunk:
+                    break
+                fh.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    except OSError as exc:  # writing the partial file failed (disk full, permissions): not a network problem
+        raise DownloadError(f"cannot write {part}: {one_line(exc)}") from exc
+    return received
+
+
+def _check_received(url: str, part: Path, received: int, total: int | None) -> None:
+    """Compare the bytes received with ``total``: too few is transient (resume later), too many deletes ``part``."""
     if total is not None and received < total:
         raise TransientDownloadError(
             f"download of {url} was interrupted after {received} of {total} bytes; "
@@ -247,7 +277,84 @@ def _fetch_once(url: str, part: Path, chunk_size: int, timeout: float, progress:
     if total is not None and received > total:
         part.unlink(missing_ok=True)
         raise DownloadError(f"download of {url} sent {received} bytes instead of {total}; deleted it, re-run")
+
+
+def _fetch_once(url: str, part: Path, chunk_size: int, timeout: float, progress: bool, desc: str) -> bool:
+    """One HTTP request that appends to (or restarts) ``part``.
+
+    Returns ``True`` when ``part`` holds the complete file, ``False`` when the partial data turned out to be
+    unusable and was deleted (the caller then asks again from byte 0). Network trouble raises
+    :class:`TransientDownloadError` with ``part`` kept, so a later call can resume.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    try:
+        response = _open_request(url, offset, timeout)
+    except _RangeNotSatisfiable as exc:
+        return _settle_unsatisfiable_range(part, offset, exc.content_range)
+    with response:
+        plan = _transfer_plan(response, part, offset, desc)
+        if plan is None:
+            return False
+        start, total, _ = plan
+        _check_disk_space(url, part, start, total)
+        received = _copy_body(response, url, part, plan, chunk_size, progress, desc)
+    _check_received(url, part, received, total)
     return True
+
+
+def _reuse_existing(dest: Path, expected: dict[str, str], progress: bool) -> bool:
+    """Whether an existing ``dest`` can be kept; one that fails its checksum is deleted."""
+    if not dest.is_file():
+        return False
+    if not expected:
+        logger.info("%s already exists; not downloading it again", dest)
+        return True
+    if not _mismatches(dest, expected, progress):
+        logger.info("%s already exists and its checksum matches; not downloading it again", dest)
+        return True
+    logger.warning("existing %s does not match the expected checksum; downloading it again", dest)
+    dest.unlink()
+    return False
+
+
+def _fetch_with_retries(
+    url: str, part: Path, chunk_size: int, timeout: float, retries: int, progress: bool, desc: str,
+    manual_hint: str | None, retry_wait: float,
+) -> None:
+    """Call :func:`_fetch_once` until ``part`` is complete, retrying network failures with exponential backoff."""
+    attempts_left = max(0, int(retries))
+    restarts_left = 2  # a resume that turns out unusable restarts from 0 at most this often
+    while True:
+        try:
+            if _fetch_once(url, part, chunk_size, timeout, progress, desc):
+                return
+            restarts_left -= 1
+            if restarts_left < 0:
+                raise DownloadError(f"download of {url} could not be resumed or restarted consistently")
+        except TransientDownloadError as exc:
+            if attempts_left <= 0:
+                message = str(exc)
+                if manual_hint:
+                    message = f"{message}; check the connection and re-run, or {manual_hint}"
+                raise DownloadError(message) from exc
+            attempts_left -= 1
+            wait = min(60.0, retry_wait * 2 ** (max(0, int(retries)) - attempts_left - 1))
+            logger.warning("%s; retrying in %.0f s (%d more attempt(s) left)", exc, wait, attempts_left)
+            time.sleep(wait)
+
+
+def _verify_download(url: str, part: Path, dest: Path, expected: dict[str, str], progress: bool) -> None:
+    """Check the downloaded ``part`` against ``expected``; a mismatching file is deleted."""
+    if not expected:
+        return
+    logger.info("verifying %s checksum of %s", "/".join(expected), dest.name)
+    mismatches = _mismatches(part, expected, progress)
+    if mismatches:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"checksum mismatch for {dest.name} downloaded from {url} ({'; '.join(mismatches)}): "
+            "the corrupt file was deleted, re-run the command to download it again"
+        )
 
 
 def download_file(
@@ -291,50 +398,14 @@ def download_file(
     """
     dest = Path(dest)
     expected = _expected_digests(expected_md5, expected_sha256)
-    if dest.is_file():
-        if not expected:
-            logger.info("%s already exists; not downloading it again", dest)
-            return dest
-        if not _mismatches(dest, expected, progress):
-            logger.info("%s already exists and its checksum matches; not downloading it again", dest)
-            return dest
-        logger.warning("existing %s does not match the expected checksum; downloading it again", dest)
-        dest.unlink()
-
+    if _reuse_existing(dest, expected, progress):
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    attempts_left = max(0, int(retries))
-    restarts_left = 2  # a resume that turns out unusable restarts from 0 at most this often
-    while True:
-        try:
-            if _fetch_once(url, part, chunk_size, timeout, progress, dest.name):
-                break
-            restarts_left -= 1
-            if restarts_left < 0:
-                raise DownloadError(f"download of {url} could not be resumed or restarted consistently")
-        except TransientDownloadError as exc:
-            if attempts_left <= 0:
-                message = str(exc)
-                if manual_hint:
-                    message = f"{message}; check the connection and re-run, or {manual_hint}"
-                raise DownloadError(message) from exc
-            attempts_left -= 1
-            wait = min(60.0, retry_wait * 2 ** (max(0, int(retries)) - attempts_left - 1))
-            logger.warning("%s; retrying in %.0f s (%d more attempt(s) left)", exc, wait, attempts_left)
-            time.sleep(wait)
-
-    if expected:
-        logger.info("verifying %s checksum of %s", "/".join(expected), dest.name)
-        mismatches = _mismatches(part, expected, progress)
-        if mismatches:
-            part.unlink(missing_ok=True)
-            raise DownloadError(
-                f"checksum mismatch for {dest.name} downloaded from {url} ({'; '.join(mismatches)}): "
-                "the corrupt file was deleted, re-run the command to download it again"
-            )
+    _fetch_with_retries(url, part, chunk_size, timeout, retries, progress, dest.name, manual_hint, retry_wait)
+    _verify_download(url, part, dest, expected, progress)
     os.replace(part, dest)
     return dest
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Extraction
@@ -372,6 +443,80 @@ def _check_member(member: tarfile.TarInfo, root: str) -> None:
         raise DownloadError(f"refusing unsafe archive member {name!r}: device, fifo or other special file")
 
 
+def _check_extract_target(data_root: Path, members_prefix: str | None) -> str | None:
+    """Validate the arguments of :func:`extract_archive`; returns the normalised ``members_prefix``."""
+    if data_root.exists() and not data_root.is_dir():
+        raise DownloadError(f"data root {data_root} exists but is not a folder")
+    if members_prefix is not None:
+        members_prefix = members_prefix.strip("/")
+        if not members_prefix or len(_member_parts(members_prefix)) != 1 or members_prefix == "..":
+            raise DownloadError(f"invalid member prefix {members_prefix!r}: expected one top-level folder name")
+    return members_prefix
+
+
+def _extraction_error(archive: Path, data_root: Path, exc: BaseException) -> DownloadError:
+    """The error for an archive that could not be read or written out (disk full, truncated, corrupt)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        reason = f"disk full: {one_line(exc)}"
+    else:
+        reason = f"the archive is truncated or corrupt: {one_line(exc) or type(exc).__name__}"
+    return DownloadError(f"cannot extract {archive} ({reason}); nothing was written to {data_root}")
+
+
+def _extract_members(
+    archive: Path, tmp: Path, data_root: Path, members_prefix: str | None, existing: set[str], progress: bool,
+) -> tuple[int, set[str]]:
+    """Check and extract the wanted members into ``tmp``, skipping top-level entries already in ``data_root``.
+
+    Returns the number of extracted members and the skipped top-level names. An unsafe member or an unreadable
+    archive raises :class:`DownloadError`.
+    """
+    root = os.path.realpath(tmp)
+    extract_kwargs: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    skipped: set[str] = set()
+    extracted = 0
+    try:
+        with tarfile.open(archive, "r:*") as tar, tqdm(
+            unit=" files", desc=f"extract {archive.name}", disable=not progress
+        ) as bar:
+            tar.errorlevel = 2  # make every extraction problem an exception instead of a silent skip
+            for member in tar:
+                parts = _member_parts(member.name)
+                if not parts:
+                    continue
+                top = parts[0]
+                if members_prefix is not None and top != members_prefix:
+                    continue
+                _check_member(member, root)
+                if top in existing:
+                    if top not in skipped:
+                        logger.info("%s already exists in %s; skipping it (not overwritten)", top, data_root)
+                        skipped.add(top)
+                    continue
+                tar.extract(member, tmp, **extract_kwargs)
+                extracted += 1
+                bar.update(1)
+    except DownloadError:
+        raise
+    except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error, OSError) as exc:
+        raise _extraction_error(archive, data_root, exc) from exc
+    return extracted, skipped
+
+
+def _move_into_place(tmp: Path, data_root: Path) -> list[Path]:
+    """Rename each top-level entry of ``tmp`` into ``data_root``, never over an existing one; returns the new paths."""
+    data_root.mkdir(parents=True, exist_ok=True)
+    created: list[Path] = []
+    for entry in sorted(tmp.iterdir()):
+        target = data_root / entry.name
+        if target.exists() or target.is_symlink():  # appeared meanwhile (another process): still no overwrite
+            logger.info("%s already exists in %s; skipping it (not overwritten)", entry.name, data_root)
+            continue
+        os.rename(entry, target)  # same file system: atomic, no copy
+        created.append(target)
+    return created
+
+
 def extract_archive(
     archive: str | os.PathLike[str],
     data_root: str | os.PathLike[str],
@@ -402,12 +547,7 @@ def extract_archive(
     """
     archive = Path(archive)
     data_root = Path(data_root).absolute()
-    if data_root.exists() and not data_root.is_dir():
-        raise DownloadError(f"data root {data_root} exists but is not a folder")
-    if members_prefix is not None:
-        members_prefix = members_prefix.strip("/")
-        if not members_prefix or len(_member_parts(members_prefix)) != 1 or members_prefix == "..":
-            raise DownloadError(f"invalid member prefix {members_prefix!r}: expected one top-level folder name")
+    members_prefix = _check_extract_target(data_root, members_prefix)
     existing = {entry.name for entry in data_root.iterdir()} if data_root.is_dir() else set()
     if members_prefix is not None and members_prefix in existing:
         logger.info("%s already exists in %s; skipping it (not overwritten)", members_prefix, data_root)
@@ -416,59 +556,13 @@ def extract_archive(
     parent = data_root.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=EXTRACT_TMP_PREFIX, dir=parent))
-    root = os.path.realpath(tmp)
-    extract_kwargs: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-    skipped: set[str] = set()
-    extracted = 0
     try:
-        try:
-            with tarfile.open(archive, "r:*") as tar, tqdm(
-                unit=" files", desc=f"extract {archive.name}", disable=not progress
-            ) as bar:
-                tar.errorlevel = 2  # make every extraction problem an exception instead of a silent skip
-                for member in tar:
-                    parts = _member_parts(member.name)
-                    if not parts:
-                        continue
-                    top = parts[0]
-                    if members_prefix is not None and top != members_prefix:
-                        continue
-                    _check_member(member, root)
-                    if top in existing:
-                        if top not in skipped:
-                            logger.info("%s already exists in %s; skipping it (not overwritten)", top, data_root)
-                            skipped.add(top)
-                        continue
-                    tar.extract(member, tmp, **extract_kwargs)
-                    extracted += 1
-                    bar.update(1)
-        except DownloadError:
-            raise
-        except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error, OSError) as exc:
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-                reason = f"disk full: {_one_line(exc)}"
-            else:
-                reason = f"the archive is truncated or corrupt: {_one_line(exc) or type(exc).__name__}"
-            raise DownloadError(
-                f"cannot extract {archive} ({reason}); nothing was written to {data_root}"
-            ) from exc
-
+        extracted, skipped = _extract_members(archive, tmp, data_root, members_prefix, existing, progress)
         if members_prefix is not None and extracted == 0 and members_prefix not in skipped:
             raise DownloadError(f"{archive} has no top-level folder named {members_prefix!r}")
-
-        data_root.mkdir(parents=True, exist_ok=True)
-        created: list[Path] = []
-        for entry in sorted(tmp.iterdir()):
-            target = data_root / entry.name
-            if target.exists() or target.is_symlink():  # appeared meanwhile (another process): still no overwrite
-                logger.info("%s already exists in %s; skipping it (not overwritten)", entry.name, data_root)
-                continue
-            os.rename(entry, target)  # same file system: atomic, no copy
-            created.append(target)
-        return created
+        return _move_into_place(tmp, data_root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
 
 # --------------------------------------------------------------------------------------------------------------
 # MVTec AD
@@ -479,6 +573,55 @@ def _archive_name(url: str) -> str:
     name = PurePosixPath(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
     return name if name and name not in (".", "..") else "mvtec_anomaly_detection.tar.xz"
+
+
+def _wanted_categories(category: str) -> tuple[str, ...]:
+    """The categories ``category`` stands for (``"all"``: every one); an unknown name raises."""
+    if category != "all" and category not in MVTEC_AD_CATEGORIES:
+        raise DownloadError(
+            f"unknown MVTec AD category {category!r}; choose 'all' or one of {', '.join(MVTEC_AD_CATEGORIES)}"
+        )
+    return MVTEC_AD_CATEGORIES if category == "all" else (category,)
+
+
+def _all_present(data_root: Path, wanted: tuple[str, ...]) -> bool:
+    """Whether every wanted category already has a folder in ``data_root`` (logging the ones that do)."""
+    present = [name for name in wanted if (data_root / name).is_dir()]
+    if len(present) == len(wanted):
+        logger.info("%s already present in %s; nothing to download", ", ".join(wanted), data_root)
+        return True
+    for name in present:
+        logger.info("%s already exists in %s; skipping it (not overwritten)", name, data_root)
+    return False
+
+
+def _extract_downloaded(archive: Path, data_root: Path, category: str, verified: bool, progress: bool) -> list[Path]:
+    """Extract ``category`` (or all) from the downloaded archive; on failure keep it only if it was verified."""
+    logger.info("extracting %s into %s", "all categories" if category == "all" else category, data_root)
+    try:
+        return extract_archive(archive, data_root, members_prefix=None if category == "all" else category,
+                               progress=progress)
+    except DownloadError as exc:
+        if verified:
+            raise DownloadError(f"{exc}; the verified archive {archive} was kept") from exc
+        archive.unlink(missing_ok=True)
+        raise DownloadError(f"{exc}; the unverified archive was deleted, re-run to download it again") from exc
+
+
+def _report_and_clean_up(
+    data_root: Path, wanted: tuple[str, ...], created: list[Path], archive: Path, keep_archive: bool
+) -> None:
+    """Log what was created and what the archive lacked, then delete the archive unless it is to be kept."""
+    for path in created:
+        logger.info("created %s", path)
+    missing = [name for name in wanted if not (data_root / name).is_dir()]
+    if missing:
+        logger.warning("the archive did not contain: %s", ", ".join(missing))
+    if keep_archive:
+        logger.info("kept the archive %s", archive)
+    else:
+        archive.unlink(missing_ok=True)
+        logger.info("removed the archive %s (use --keep-archive to keep it)", archive)
 
 
 def download_mvtec(
@@ -521,18 +664,10 @@ def download_mvtec(
         DownloadError: unknown category, network or checksum failure, or an unusable archive.
     """
     data_root = Path(data_root)
-    if category != "all" and category not in MVTEC_AD_CATEGORIES:
-        raise DownloadError(
-            f"unknown MVTec AD category {category!r}; choose 'all' or one of {', '.join(MVTEC_AD_CATEGORIES)}"
-        )
+    wanted = _wanted_categories(category)
     _expected_digests(md5, sha256)  # a malformed checksum should fail now, not after the download
-    wanted = MVTEC_AD_CATEGORIES if category == "all" else (category,)
-    present = [name for name in wanted if (data_root / name).is_dir()]
-    if len(present) == len(wanted):
-        logger.info("%s already present in %s; nothing to download", ", ".join(wanted), data_root)
+    if _all_present(data_root, wanted):
         return data_root
-    for name in present:
-        logger.info("%s already exists in %s; skipping it (not overwritten)", name, data_root)
 
     archive_folder = Path(archive_dir) if archive_dir is not None else data_root.absolute().parent
     archive = archive_folder / _archive_name(url)
@@ -544,25 +679,6 @@ def download_mvtec(
         url, archive, expected_md5=md5, expected_sha256=sha256, timeout=timeout, retries=retries,
         progress=progress, manual_hint=_manual_hint(),
     )
-
-    logger.info("extracting %s into %s", "all categories" if category == "all" else category, data_root)
-    try:
-        created = extract_archive(archive, data_root, members_prefix=None if category == "all" else category,
-                                  progress=progress)
-    except DownloadError as exc:
-        if verified:
-            raise DownloadError(f"{exc}; the verified archive {archive} was kept") from exc
-        archive.unlink(missing_ok=True)
-        raise DownloadError(f"{exc}; the unverified archive was deleted, re-run to download it again") from exc
-
-    for path in created:
-        logger.info("created %s", path)
-    missing = [name for name in wanted if not (data_root / name).is_dir()]
-    if missing:
-        logger.warning("the archive did not contain: %s", ", ".join(missing))
-    if keep_archive:
-        logger.info("kept the archive %s", archive)
-    else:
-        archive.unlink(missing_ok=True)
-        logger.info("removed the archive %s (use --keep-archive to keep it)", archive)
+    created = _extract_downloaded(archive, data_root, category, verified, progress)
+    _report_and_clean_up(data_root, wanted, created, archive, keep_archive)
     return data_root

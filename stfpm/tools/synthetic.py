@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stfpm.errors import DataError, SyntheticDataExistsError
+from stfpm.core.errors import DataError, SyntheticDataExistsError
 
 __all__ = [
     "DEFECT_TYPES",
@@ -403,6 +403,82 @@ def _check_args(
     return defect_types
 
 
+def _marker_params(
+    category: str,
+    image_size: int,
+    n_train: int,
+    n_test_good: int,
+    n_test_per_defect: int,
+    defect_types: tuple[str, ...],
+    seed: int,
+) -> dict:
+    """The parameters recorded in the marker; a tree is reused only when its marker holds exactly these."""
+    return {
+        "generator": "stfpm.data.synthetic",  # the format's name in every marker ever written: kept as is
+        "version": _GENERATOR_VERSION,
+        "category": category,
+        "image_size": int(image_size),
+        "n_train": int(n_train),
+        "n_test_good": int(n_test_good),
+        "n_test_per_defect": int(n_test_per_defect),
+        "defect_types": list(defect_types),
+        "seed": int(seed),
+    }
+
+
+def _existing_is_complete(category_dir: Path, params: dict, overwrite: bool) -> bool:
+    """Whether ``category_dir`` already holds the complete tree for ``params``.
+
+    Raises :class:`SyntheticDataExistsError` when it holds something else that may not be replaced.
+    """
+    if not (category_dir.exists() or category_dir.is_symlink()):
+        return False
+    if not category_dir.is_dir():
+        raise SyntheticDataExistsError(f"{category_dir} exists and is not a folder")
+    if _is_complete(category_dir, params):
+        return True
+    old = _read_marker(category_dir)
+    # A tree of ours with the same parameters but missing files is repaired: the output is deterministic.
+    if any(category_dir.iterdir()) and not overwrite and old != params:
+        what = (
+            "a synthetic category written with different parameters"
+            if isinstance(old, dict) and old.get("generator") == params["generator"]
+            else "other data"
+        )
+        raise SyntheticDataExistsError(
+            f"{category_dir} already exists and holds {what}; choose another root or category, "
+            "or pass overwrite=True (--overwrite) to regenerate it"
+        )
+    return False
+
+
+def _install_tree(tmp: Path, category_dir: Path, params: dict, overwrite: bool) -> None:
+    """Move the finished tree ``tmp`` to ``category_dir``: as a whole when it is absent, else entry by entry.
+
+    A complete tree that a concurrent run installed first is kept; what this generator owns in an existing
+    folder is replaced (marker moved last), anything else in it is left alone.
+    """
+    if not category_dir.exists():
+        try:
+            os.replace(tmp, category_dir)  # atomic; on POSIX also replaces an empty folder
+            return
+        except OSError:
+            if _is_complete(category_dir, params):  # a concurrent run finished first
+                return
+            if category_dir.is_dir() and any(category_dir.iterdir()) and not overwrite:
+                raise SyntheticDataExistsError(
+                    f"{category_dir} was created by someone else while generating; pass overwrite=True "
+                    "to regenerate it"
+                ) from None
+    category_dir.mkdir(parents=True, exist_ok=True)
+    if _is_complete(category_dir, params):
+        return
+    _remove_owned(category_dir)
+    for name in _OWNED:  # marker moved last
+        if (tmp / name).exists():
+            os.replace(tmp / name, category_dir / name)
+
+
 def make_synthetic_category(
     root: str | Path,
     category: str = "demo",
@@ -424,37 +500,11 @@ def make_synthetic_category(
     An existing empty folder, or a tree of ours with the same parameters but missing files, is (re)filled.
     """
     defect_types = _check_args(category, image_size, n_train, n_test_good, n_test_per_defect, defect_types, seed)
-    params = {
-        "generator": "stfpm.data.synthetic",  # the format's name in every marker ever written: kept as is
-        "version": _GENERATOR_VERSION,
-        "category": category,
-        "image_size": int(image_size),
-        "n_train": int(n_train),
-        "n_test_good": int(n_test_good),
-        "n_test_per_defect": int(n_test_per_defect),
-        "defect_types": list(defect_types),
-        "seed": int(seed),
-    }
+    params = _marker_params(category, image_size, n_train, n_test_good, n_test_per_defect, defect_types, seed)
     root = Path(root)
     category_dir = root / category
-
-    if category_dir.exists() or category_dir.is_symlink():
-        if not category_dir.is_dir():
-            raise SyntheticDataExistsError(f"{category_dir} exists and is not a folder")
-        if _is_complete(category_dir, params):
-            return category_dir
-        old = _read_marker(category_dir)
-        # A tree of ours with the same parameters but missing files is repaired: the output is deterministic.
-        if any(category_dir.iterdir()) and not overwrite and old != params:
-            what = (
-                "a synthetic category written with different parameters"
-                if isinstance(old, dict) and old.get("generator") == params["generator"]
-                else "other data"
-            )
-            raise SyntheticDataExistsError(
-                f"{category_dir} already exists and holds {what}; choose another root or category, "
-                "or pass overwrite=True (--overwrite) to regenerate it"
-            )
+    if _existing_is_complete(category_dir, params, overwrite):
+        return category_dir
 
     # Render into a private folder next to the target, then move it into place, so that an interrupted run
     # never leaves a half-written tree that looks complete and concurrent runs do not mix their files.
@@ -463,30 +513,11 @@ def make_synthetic_category(
     tmp.mkdir()  # honours the umask, unlike tempfile.mkdtemp (0700)
     try:
         _write_tree(tmp, params)
-        if not category_dir.exists():
-            try:
-                os.replace(tmp, category_dir)  # atomic; on POSIX also replaces an empty folder
-                return category_dir
-            except OSError:
-                if _is_complete(category_dir, params):  # a concurrent run finished first
-                    return category_dir
-                if category_dir.is_dir() and any(category_dir.iterdir()) and not overwrite:
-                    raise SyntheticDataExistsError(
-                        f"{category_dir} was created by someone else while generating; pass overwrite=True "
-                        "to regenerate it"
-                    ) from None
-        category_dir.mkdir(parents=True, exist_ok=True)
-        if _is_complete(category_dir, params):
-            return category_dir
-        _remove_owned(category_dir)
-        for name in _OWNED:  # marker moved last
-            if (tmp / name).exists():
-                os.replace(tmp / name, category_dir / name)
+        _install_tree(tmp, category_dir, params, overwrite)
         return category_dir
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
 
 # --------------------------------------------------------------------------------------------------------
 # Command line

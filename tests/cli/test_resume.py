@@ -109,17 +109,18 @@ def _thresholds_match_final_weights(last: Path) -> None:
     stored = model.thresholds
     levels = []
     from stfpm.data import MVTecDataModule
+    from stfpm.data.settings import DataSettings
 
-    hp = model.hparams
-    dm = MVTecDataModule(model.run_info["data_root"], "tiny", image_size=hp["image_size"], batch_size=4, seed=3)
+    data = DataSettings(category="tiny", data_root=model.run_info["data_root"], batch_size=4, num_workers=0)
+    dm = MVTecDataModule(data, model.preprocessing(), seed=3)
     dm.setup("fit")
     with torch.no_grad():
         for batch in dm.val_dataloader():
             levels.append(model.model.layer_maps(batch["image"]))
     merged = [torch.cat(level) for level in zip(*levels)]
-    from stfpm.data.io import as_hw
 
-    assert model.calibrate_on(merged, as_hw(hp["image_size"])) == stored
+    image_thr, pixel_thr, _ = model.calibrate_on(merged)
+    assert (image_thr, pixel_thr) == stored
 
 
 def test_max_steps_inside_an_epoch_leaves_thresholds(tiny_data, tmp_path) -> None:
@@ -157,7 +158,7 @@ def test_ctrl_c_stops_after_the_step_and_saves_a_usable_checkpoint(tiny_data, tm
 
 def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch) -> None:
     """A crash while writing leaves the previous checkpoint intact and no partial file behind."""
-    import stfpm.reporting.atomic
+    import stfpm.core.files
     from stfpm.model.checkpoint import AtomicCheckpointIO
 
     path = tmp_path / "last.ckpt"
@@ -168,7 +169,7 @@ def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch) -> None:
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(stfpm.reporting.atomic.os, "replace", crash)
+    monkeypatch.setattr(stfpm.core.files.os, "replace", crash)
     try:
         io_plugin.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
     except OSError:

@@ -14,6 +14,7 @@ from stfpm.cli import run
 from stfpm.cli.test import main as evaluate_main
 
 BASE = ["--num-workers", "0", "--accelerator", "cpu"]
+FPR_LIMIT = 0.3  # test.py's default --fpr-limit
 
 
 def _results(path) -> dict:
@@ -145,7 +146,7 @@ def _hand_built():
 def test_operating_point_figures_on_a_hand_built_split() -> None:
     from stfpm.evaluation.results import compute_metrics
 
-    results = compute_metrics(_hand_built(), image_threshold=0.65, pixel_threshold=0.6)
+    results = compute_metrics(_hand_built(), FPR_LIMIT, image_threshold=0.65, pixel_threshold=0.6)
     assert results["image_tpr_at_threshold"] == 1.0  # 0.9 and 0.7 >= 0.65
     assert results["image_fpr_at_threshold"] == 0.0  # 0.6 and 0.3 < 0.65
     # pixels of the three images with ground truth: flagged 0.6 (good), 0.9, 0.8 -> TP 2, FP 1, FN 1
@@ -154,7 +155,7 @@ def test_operating_point_figures_on_a_hand_built_split() -> None:
     assert results["pixel_iou_at_threshold"] == pytest.approx(2 / 4)
     assert results["image_tpr_at_1pct_fpr"] == 1.0 and results["image_tpr_at_5pct_fpr"] == 1.0
     assert results["per_defect_type"]["scratch"]["image_tpr_at_threshold"] == 1.0
-    stricter = compute_metrics(_hand_built(), image_threshold=0.8, pixel_threshold=0.85)
+    stricter = compute_metrics(_hand_built(), FPR_LIMIT, image_threshold=0.8, pixel_threshold=0.85)
     assert stricter["image_tpr_at_threshold"] == 0.5 and stricter["per_defect_type"]["hole"]["image_tpr_at_threshold"] == 0.0
     assert stricter["pixel_precision_at_threshold"] == 1.0 and stricter["pixel_recall_at_threshold"] == pytest.approx(1 / 3)
 
@@ -162,14 +163,14 @@ def test_operating_point_figures_on_a_hand_built_split() -> None:
 def test_operating_point_is_undefined_without_thresholds_or_a_class() -> None:
     from stfpm.evaluation.results import compute_metrics
 
-    results = compute_metrics(_hand_built())
+    results = compute_metrics(_hand_built(), FPR_LIMIT)
     for key in ("image_tpr_at_threshold", "image_fpr_at_threshold", "pixel_precision_at_threshold",
                 "pixel_recall_at_threshold", "pixel_iou_at_threshold"):
         assert math.isnan(results[key]), key
     good_only = _hand_built()
     good_only.labels[:] = 0
     good_only.masks[:] = False
-    results = compute_metrics(good_only, image_threshold=0.5, pixel_threshold=0.5)
+    results = compute_metrics(good_only, FPR_LIMIT, image_threshold=0.5, pixel_threshold=0.5)
     assert math.isnan(results["image_tpr_at_threshold"]) and results["image_fpr_at_threshold"] == 0.75  # 3 of 4
     assert math.isnan(results["image_tpr_at_1pct_fpr"]) and math.isnan(results["pixel_recall_at_threshold"])
 
@@ -180,13 +181,13 @@ def test_source_size_maps_of_different_shapes_give_the_same_figures_as_a_stack()
     stacked = _hand_built()
     as_list = _hand_built()
     as_list.maps, as_list.masks = list(as_list.maps), list(as_list.masks)
-    a = compute_metrics(stacked, image_threshold=0.65, pixel_threshold=0.6)
-    b = compute_metrics(as_list, image_threshold=0.65, pixel_threshold=0.6)
+    a = compute_metrics(stacked, FPR_LIMIT, image_threshold=0.65, pixel_threshold=0.6)
+    b = compute_metrics(as_list, FPR_LIMIT, image_threshold=0.65, pixel_threshold=0.6)
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN written alike on both sides
     ragged = _hand_built()
     ragged.maps = [m if i != 1 else np.full((4, 5), 0.2, np.float32) for i, m in enumerate(ragged.maps)]
     ragged.masks = [m if i != 1 else np.zeros((4, 5), bool) for i, m in enumerate(ragged.masks)]
-    assert 0.0 <= compute_metrics(ragged)["pixel_aupro"] <= 1.0
+    assert 0.0 <= compute_metrics(ragged, FPR_LIMIT)["pixel_aupro"] <= 1.0
 
 
 def test_results_files_hold_the_operating_point(trained_run, tmp_path) -> None:
@@ -219,9 +220,10 @@ def test_without_category_or_checkpoint_the_latest_run_is_used(trained_run, tmp_
     caplog.set_level(logging.INFO)
     assert evaluate_main(["--runs-dir", str(runs), "--output-dir", str(tmp_path / "eval"), *BASE]) == 0
     assert _results(tmp_path / "eval")["checkpoint"] == str(newer / "checkpoints" / "best.ckpt")
-    assert f"latest run, {newer}" in caplog.text
+    assert f"using the latest run, {newer}" in caplog.text
+    caplog.clear()
     images = trained_run["data"] / "tiny" / "test" / "good"
     assert predict_main(["--runs-dir", str(runs), "--input", str(images), "--output", str(tmp_path / "p"), *BASE]) == 0
-    assert f"using {newer}" in caplog.text
+    assert f"using the latest run, {newer}" in caplog.text
     assert run(evaluate_main, ["--runs-dir", str(tmp_path / "none"), *BASE]) == 2
     assert "no trained run under" in capsys.readouterr().err

@@ -14,13 +14,16 @@ from conftest import TRAIN_ARGS
 from stfpm.cli import run
 from stfpm.cli.train import main as train_main
 from stfpm.data import MVTecDataModule, load_image
+from stfpm.data.settings import DataSettings
 from stfpm.inference.predictor import Predictor
 from stfpm.model.checkpoint import load_checkpoint
 from stfpm.model.lightning_model import STFPM
+from stfpm.model.settings import ModelSettings
 
 
 def _fit(model: STFPM, data_root, max_steps: int = 3) -> None:
-    datamodule = MVTecDataModule(data_root, "tiny", image_size=64, batch_size=4, num_workers=0)
+    data = DataSettings(category="tiny", data_root=str(data_root), batch_size=4, num_workers=0)
+    datamodule = MVTecDataModule(data, model.preprocessing(), seed=0)
     trainer = pl.Trainer(
         max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
@@ -29,7 +32,7 @@ def _fit(model: STFPM, data_root, max_steps: int = 3) -> None:
 
 
 def test_teacher_is_bit_identical_after_fit_and_student_changes(tiny_data) -> None:
-    model = STFPM(backbone="resnet18", teacher_weights="random", image_size=64)
+    model = STFPM(ModelSettings.of(backbone="resnet18", teacher_weights="random", image_size=64))
     teacher_before = {k: v.clone() for k, v in model.model.teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in model.model.student.state_dict().items()}
     assert any("running_mean" in k for k in teacher_before)
@@ -50,7 +53,7 @@ def test_heterogeneous_pair_trains_and_round_trips_through_checkpoint(tiny_data,
     ]) == 0
     path = tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
     model = load_checkpoint(path)
-    assert model.hparams["backbone"] == "mobilenet_v2" and model.hparams["student_backbone"] == "resnet18"
+    assert model.settings.networks.backbone == "mobilenet_v2" and model.settings.networks.student_backbone == "resnet18"
     assert all(isinstance(p, torch.nn.Conv2d) for p in model.model.projections)
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     assert any(k.startswith("model.projections.") for k in state)
@@ -64,7 +67,7 @@ def test_student_initialised_from_the_teacher_trains_away_from_it(tiny_data, tmp
     argv = ["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS]
     assert train_main([*argv, "--epochs", "1", "--student-init", "teacher"]) == 0
     model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "last.ckpt")
-    assert model.hparams["student_init"] == "teacher"
+    assert model.settings.networks.student_init == "teacher"
     teacher, student = model.model.teacher.state_dict(), model.model.student.state_dict()
     assert any(not torch.equal(teacher[k], student[k]) for k in teacher if k.endswith("weight"))
     maps, _ = model.model.predict(torch.rand(1, 3, 64, 64))
@@ -75,12 +78,13 @@ def test_train_py_writes_a_loadable_run(trained_run) -> None:
     run_dir = trained_run["run_dir"]
     assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["data"]["category"] == "tiny" and config["model"]["backbone"] == "resnet18"
-    assert config["optimizer"]["lr"] == 0.4 and set(config) == {"data", "model", "optimizer", "trainer"}
+    assert config["data"]["category"] == "tiny" and config["networks"]["backbone"] == "resnet18"
+    assert config["optimizer"]["lr"] == 0.4
+    assert set(config) == {"data", "input", "networks", "map", "calibration", "optimizer", "trainer", "devices"}
     assert (run_dir / "metrics.csv").is_file()
     model = load_checkpoint(trained_run["checkpoint"])
     assert model.run_info["category"] == "tiny"
-    assert model.hparams["image_size"] == 64 and model.hparams["layers"] == ["layer1", "layer2", "layer3"]
+    assert model.settings.input.image_size == 64 and model.settings.networks.layers == ["layer1", "layer2", "layer3"]
     image_thr, pixel_thr = model.thresholds
     assert math.isfinite(image_thr) and math.isfinite(pixel_thr) and 0 < pixel_thr
 
@@ -99,7 +103,8 @@ def _assert_thresholds_match_validation_images(
 ) -> None:
     """The stored thresholds are the quantiles of the maps of ALL held-out validation images."""
     model = load_checkpoint(checkpoint)
-    datamodule = MVTecDataModule(data_root, "tiny", image_size=64, num_workers=0)
+    datamodule = MVTecDataModule(DataSettings(category="tiny", data_root=str(data_root), num_workers=0),
+                                 model.preprocessing(), seed=0)
     datamodule.setup("fit")
     predictor = Predictor(model, device="cpu")
     batch = torch.stack([predictor.transform(load_image(p)) for p in datamodule.val_paths])
@@ -120,7 +125,7 @@ def test_thresholds_use_every_validation_batch_and_the_quantile_flags(tiny_data,
 
 def test_yaml_config_is_overridden_by_flags(tiny_data, tmp_path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"model": {"backbone": "resnet18"}, "optimizer": {"lr": 0.01, "momentum": 0.5}}))
+    config.write_text(yaml.safe_dump({"networks": {"backbone": "resnet18"}, "optimizer": {"lr": 0.01, "momentum": 0.5}}))
     assert train_main([
         "--config", str(config), "--lr", "0.02", "--category", "tiny", "--data-root", str(tiny_data),
         "--output-dir", str(tmp_path / "runs"), *TRAIN_ARGS, "--max-steps", "1",
@@ -223,7 +228,7 @@ def test_best_checkpoint_has_the_lowest_monitored_metric(tiny_data, tmp_path, me
 
 @pytest.mark.parametrize("augment", ["none", "light"])
 def test_training_step_augments_only_when_asked(augment, recwarn) -> None:
-    model = STFPM(backbone="resnet18", teacher_weights="random", image_size=32, augment=augment)
+    model = STFPM(ModelSettings.of(backbone="resnet18", teacher_weights="random", image_size=32, augment=augment))
     seen: list[torch.Tensor] = []
     forward = model.model.forward
     model.model.forward = lambda images: (seen.append(images.clone()), forward(images))[1]  # type: ignore[method-assign]
@@ -244,16 +249,18 @@ def test_cosine_schedule_decays_the_lr_to_zero_over_the_run(tiny_data, tmp_path,
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             seen.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    import stfpm.cli.train
+    import importlib
 
-    build = stfpm.cli.train.build_trainer
+    # the module, not the function `stfpm.training.fit` that the package re-exports under the same name
+    fit_module = importlib.import_module("stfpm.training.fit")
+    build = fit_module.build_trainer
 
     def with_recorder(*a, **k):
         trainer = build(*a, **k)
         trainer.callbacks.append(Recorder())
         return trainer
 
-    monkeypatch.setattr(stfpm.cli.train, "build_trainer", with_recorder)
+    monkeypatch.setattr(fit_module, "build_trainer", with_recorder)
     assert train_main([*args, "--epochs", "3"]) == 0  # the default schedule: cosine over 6 steps
     assert seen == pytest.approx([0.1 * (1 + math.cos(math.pi * k / 6)) for k in range(6)])
     run = tmp_path / "tiny" / "version_0"

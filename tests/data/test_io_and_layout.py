@@ -14,14 +14,17 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import stfpm.data.datamodule as datamodule_module
+from stfpm.core.errors import ConfigError, DataError, ImageReadError
 from stfpm.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MVTEC_CATEGORIES,
+    DataSettings,
     ImageFolderDataset,
     ImageTransform,
     MVTecDataModule,
     TestDataset,
+    collate_readable,
     list_categories,
     list_images,
     load_image,
@@ -32,9 +35,17 @@ from stfpm.data import (
     scan_test,
     split_train_val,
 )
-from stfpm.errors import DataError, ImageReadError
 
 S = 16  # image size used throughout: tiny, so the whole file runs in a few seconds
+
+
+def _transform() -> ImageTransform:
+    return ImageTransform(S, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _datamodule(root: Path, category: str, seed: int = 0, **data: object) -> MVTecDataModule:
+    settings = DataSettings(category=category, data_root=str(root), num_workers=0, **data)  # type: ignore[arg-type]
+    return MVTecDataModule(settings, _transform(), seed)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -178,7 +189,7 @@ def test_load_mask_binary(tmp_path: Path) -> None:
 
 
 def test_image_transform(tmp_path: Path) -> None:
-    transform = ImageTransform(S)
+    transform = _transform()
     out = transform(Image.new("RGB", (30, 10), (255, 255, 255)))
     assert out.shape == (3, S, S) and out.dtype == torch.float32
     expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
@@ -190,7 +201,7 @@ def test_image_transform(tmp_path: Path) -> None:
     with pytest.raises(DataError):
         transform(np.zeros((4, 4), np.float32))
     with pytest.raises(DataError):
-        ImageTransform(0)
+        ImageTransform(0, IMAGENET_MEAN, IMAGENET_STD)
 
 
 @pytest.mark.parametrize("size", [5, 16, 37])
@@ -310,14 +321,14 @@ def test_split_rejects_bad_fraction(fraction: object) -> None:
 
 def test_image_folder_dataset_collates(data_root: Path) -> None:
     paths = list_images(data_root / "bottle" / "train" / "good")
-    batch = next(iter(DataLoader(ImageFolderDataset(paths, ImageTransform(S)), batch_size=4)))
+    batch = next(iter(DataLoader(ImageFolderDataset(paths, _transform()), batch_size=4)))
     assert batch["image"].shape == (4, 3, S, S) and batch["path"] == [str(p) for p in paths[:4]]
 
 
 def test_read_error_stays_one_line_from_worker(tmp_path: Path) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"definitely not a png")
-    loader = DataLoader(ImageFolderDataset([bad], ImageTransform(S)), batch_size=1, num_workers=1)
+    loader = DataLoader(ImageFolderDataset([bad], _transform()), batch_size=1, num_workers=1)
     with pytest.raises(ImageReadError) as exc:
         next(iter(loader))
     assert str(exc.value).startswith(f"cannot read image {bad}:") and "\n" not in str(exc.value)
@@ -327,7 +338,7 @@ def test_test_dataset_items(data_root: Path, caplog: pytest.LogCaptureFixture) -
     caplog.set_level(logging.WARNING)
     samples = scan_test(data_root / "bottle")
     caplog.clear()
-    dataset = TestDataset(samples, ImageTransform(S), S)
+    dataset = TestDataset(samples, _transform(), warn_mask_sizes=True)
     size_warnings = _warnings(caplog, "resized")
     assert len(size_warnings) == 1
     assert size_warnings[0].getMessage() == (
@@ -359,7 +370,7 @@ def test_datamodule_fit_never_reads_test(data_root: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(datamodule_module, "scan_test", forbidden)
     shutil.rmtree(data_root / "bottle" / "test")  # and it would not even be there to read
-    dm = MVTecDataModule(data_root, "bottle", image_size=S, batch_size=3, val_fraction=0.3, seed=1)
+    dm = _datamodule(data_root, "bottle", seed=1, batch_size=3, val_fraction=0.3)
     dm.setup("fit")
     train_good = list_images(data_root / "bottle" / "train" / "good")
     assert dm.train_paths is not None and dm.val_paths is not None
@@ -370,12 +381,12 @@ def test_datamodule_fit_never_reads_test(data_root: Path, monkeypatch: pytest.Mo
     assert batches[0]["image"].shape[1:] == (3, S, S)
     val_batch = next(iter(dm.val_dataloader()))
     assert val_batch["image"].shape == (2, 3, S, S)
-    assert dm.hparams["category"] == "bottle" and dm.hparams["image_size"] == S
+    assert dm.category == "bottle" and dm.transform.size == (S, S)
 
 
 def test_datamodule_train_order_seeded(data_root: Path) -> None:
     def epoch_order(seed: int, epoch: int) -> list[str]:
-        dm = MVTecDataModule(data_root, "bottle", image_size=S, batch_size=2, seed=seed)
+        dm = _datamodule(data_root, "bottle", seed=seed, batch_size=2)
         dm.setup("fit")
         loader = dm.train_dataloader()
         loader.sampler.set_epoch(epoch)  # what Lightning does before every epoch
@@ -388,14 +399,14 @@ def test_datamodule_train_order_seeded(data_root: Path) -> None:
 
 
 def test_datamodule_no_validation(data_root: Path) -> None:
-    dm = MVTecDataModule(data_root, "carpet", image_size=S, batch_size=4, val_fraction=0.0)
+    dm = _datamodule(data_root, "carpet", batch_size=4, val_fraction=0.0)
     dm.setup("fit")
     assert dm.val_paths == [] and len(dm.train_paths or []) == 7
     assert dm.val_dataloader() == []
 
 
 def test_datamodule_test_stage(data_root: Path) -> None:
-    dm = MVTecDataModule(data_root, "bottle", image_size=S, batch_size=4, eval_batch_size=4)
+    dm = _datamodule(data_root, "bottle", batch_size=4)
     dm.setup("test")
     batches = list(dm.test_dataloader())
     assert [b["image"].shape for b in batches] == [(4, 3, S, S), (2, 3, S, S)]
@@ -406,12 +417,25 @@ def test_datamodule_test_stage(data_root: Path) -> None:
 
 def test_datamodule_errors(data_root: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="unknown category 'foo'"):
-        _ = MVTecDataModule(data_root, "foo").category_dir
+        _ = _datamodule(data_root, "foo").category_dir
     with pytest.raises(DataError, match="does not exist"):
-        MVTecDataModule(tmp_path / "nowhere", "bottle").setup("fit")
+        _datamodule(tmp_path / "nowhere", "bottle").setup("fit")
     with pytest.raises(DataError, match="has no test/ folder"):
-        MVTecDataModule(data_root, "carpet", image_size=S).setup("test")
-    with pytest.raises(DataError, match="val_fraction"):
-        MVTecDataModule(data_root, "bottle", val_fraction=1.0)
-    with pytest.raises(DataError, match="batch_size"):
-        MVTecDataModule(data_root, "bottle", batch_size=0)
+        _datamodule(data_root, "carpet").setup("test")
+    with pytest.raises(ConfigError, match="--val-fraction"):
+        _datamodule(data_root, "bottle", val_fraction=1.0)
+    with pytest.raises(ConfigError, match="--batch-size"):
+        _datamodule(data_root, "bottle", batch_size=0)
+
+
+def test_image_folder_dataset_skips_unreadable_files_and_keeps_sources(data_root: Path, tmp_path: Path) -> None:
+    """predict.py's use of the one image-folder dataset: an unreadable file is a record, not an exception."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"definitely not a png")
+    good = list_images(data_root / "bottle" / "train" / "good")[:2]
+    dataset = ImageFolderDataset([good[0], bad, good[1]], _transform(), keep_source=True, skip_unreadable=True)
+    batch = next(iter(DataLoader(dataset, batch_size=3, collate_fn=collate_readable)))
+    assert batch["image"].shape == (2, 3, S, S) and batch["index"] == [0, 2]
+    assert [s.shape for s in batch["source"]] == [np.asarray(load_image(p)).shape for p in good]
+    assert len(batch["errors"]) == 1 and batch["errors"][0][0] == 1 and str(bad) in batch["errors"][0][1]
+    assert collate_readable([dataset[1]])["image"] is None

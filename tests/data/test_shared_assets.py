@@ -16,9 +16,10 @@ BATTERY = SHARED / "data" / "battery_weld"
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="no offline ImageNet MobileNetV2 at ../shared")
 def test_offline_mobilenet_teacher_loads_exactly() -> None:
+    from stfpm.model.settings import ModelSettings
     from stfpm.model.torch_model import STFPMModel
 
-    model = STFPMModel("mobilenet_v2", teacher_weights=str(WEIGHTS))
+    model = STFPMModel(ModelSettings.of(backbone="mobilenet_v2", teacher_weights=str(WEIGHTS)))
     reference = torchvision.models.mobilenet_v2(weights=None)
     reference.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))
     reference.eval()

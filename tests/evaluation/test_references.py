@@ -16,9 +16,9 @@ from sklearn.metrics import roc_auc_score
 from stfpm.cli import run
 from stfpm.cli.predict import main as predict_main
 from stfpm.cli.test import main as evaluate_main
+from stfpm.core.layout import Runs
 from stfpm.data import load_image
 from stfpm.inference.predictor import Predictor
-from stfpm.model.checkpoint import find_latest_checkpoint
 
 BASE = ["--num-workers", "0", "--accelerator", "cpu"]
 
@@ -112,7 +112,7 @@ def test_latest_checkpoint_is_the_highest_version_number(tmp_path) -> None:
         folder.mkdir(parents=True)
         (folder / "best.ckpt").write_bytes(b"x")
     (tmp_path / "cat" / "version_x").mkdir()
-    assert find_latest_checkpoint(tmp_path, "cat") == tmp_path / "cat" / "version_10" / "checkpoints" / "best.ckpt"
+    assert Runs(tmp_path).latest_checkpoint("cat") == tmp_path / "cat" / "version_10" / "checkpoints" / "best.ckpt"
 
 
 def test_predict_refuses_a_checkpoint_without_thresholds_unless_given_some(tiny_data, tmp_path, capsys) -> None:
@@ -134,7 +134,10 @@ def test_predict_refuses_a_checkpoint_without_thresholds_unless_given_some(tiny_
     (None, "does not exist"),
     ("model: [unclosed", "not valid YAML"),
     ("- a\n- b\n", "mapping"),
-    ("model:\n  no_such_option: 3\n", "unknown option"),
+    ("model:\n  no_such_option: 3\n", "unknown option"),  # a file of an earlier version (a `model:` section)
+    ("networks:\n  no_such_option: 3\n", "unknown option"),
+    ("networks:\n  lr: 0.1\n", "belongs in section 'optimizer'"),
+    ("modle:\n  lr: 0.1\n", "unknown section"),
     ("optimizer:\n  lr: -1\n", "--lr"),
 ])
 def test_yaml_config_errors_are_one_line(tiny_data, tmp_path, capsys, content, needle) -> None:

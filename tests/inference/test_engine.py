@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stfpm.cli import run
+from stfpm.cli import commands, parse_command, run
 from stfpm.cli import test as evaluate_cli
-from stfpm.cli.predict import MaskWriter
-from stfpm.cli.predict import build_parser as predict_parser
 from stfpm.cli.predict import main as predict_main
-from stfpm.errors import STFPMError
+from stfpm.core.errors import STFPMError
+from stfpm.core.options import command_parser
 from stfpm.inference.thresholding import ThresholdPolicy
+from stfpm.inference.writer import MaskWriter
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,12 +48,17 @@ def test_policy_errors_are_one_line(tmp_path) -> None:
 
 
 def test_test_and_predict_share_engine_and_threshold_flags() -> None:
-    def flags(parser) -> dict[str, object]:
-        return {a.option_strings[0]: (a.default, a.choices) for a in parser._actions if a.option_strings}
+    def flags(command: str) -> dict[str, object]:
+        """Each flag of the command's parser: its default (as parsed without flags) and its choices."""
+        defaults = {name: value for section in parse_command(command, "", []).values()
+                    for name, value in section.as_dict().items()}
+        parser = command_parser("", commands()[command])
+        return {a.option_strings[0]: (defaults[a.dest], a.choices) for a in parser._actions
+                if a.option_strings and a.dest in defaults}
 
     shared = ["--accelerator", "--devices", "--strategy", "--num-nodes", "--precision", "--num-workers",
               "--threshold", "--image-threshold", "--thresholds-from"]
-    t, p = flags(evaluate_cli.build_parser()), flags(predict_parser())
+    t, p = flags("test.py"), flags("predict.py")
     for flag in shared:
         assert flag in t and flag in p and t[flag] == p[flag], flag
 

@@ -16,7 +16,7 @@ def test_export_matches_eager_model(trained_run, tmp_path, fmt) -> None:
     model = load_checkpoint(trained_run["checkpoint"])
     path = export(model, tmp_path / f"model.{fmt}", fmt)
     meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
-    assert meta["image_size"] == 64 and meta["image_threshold"] == pytest.approx(model.thresholds[0])
+    assert meta["settings"]["input"]["image_size"] == 64 and meta["image_threshold"] == pytest.approx(model.thresholds[0])
     images = torch.rand(3, 3, 64, 64)  # a batch size other than the one used for export
     loaded = torch.jit.load(str(path)) if fmt == "torchscript" else torch.export.load(str(path)).module()
     with torch.no_grad():
@@ -25,8 +25,8 @@ def test_export_matches_eager_model(trained_run, tmp_path, fmt) -> None:
     torch.testing.assert_close(maps, expected_maps, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(scores, expected_scores, rtol=1e-5, atol=1e-6)
     # normalisation is built in: same result as the Predictor's preprocessing path
-    mean = torch.tensor(model.hparams["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(model.hparams["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(model.settings.input.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.settings.input.std).view(1, 3, 1, 1)
     with torch.no_grad():
         direct, _ = model.model.predict((images - mean) / std)
     torch.testing.assert_close(maps, direct, rtol=1e-5, atol=1e-6)

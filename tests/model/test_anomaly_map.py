@@ -4,17 +4,52 @@ non-square inputs."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage, stats
 
-from stfpm.data.io import ImageTransform, as_hw, aspect_preserving_size, resize_mask, size_record
-from stfpm.errors import DataError
-from stfpm.inference.thresholding import calibrate, gumbel_threshold, quantile_threshold
-from stfpm.model.anomaly_map import AnomalyMapGenerator, fuse_anomaly_maps
+from stfpm.core.errors import ConfigError, DataError
+from stfpm.data.io import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageTransform,
+    as_hw,
+    aspect_preserving_size,
+    resize_mask,
+    size_record,
+)
+from stfpm.model.anomaly_map import AnomalyMap, fuse
+from stfpm.model.calibrate import gumbel_threshold, held_out_maps, quantile_threshold, thresholds
+from stfpm.model.reference import ReferenceNormalizer
+from stfpm.model.settings import CalibrationSettings, MapSettings, ModelSettings
 from stfpm.model.torch_model import STFPMModel
+
+FORMAT_1_CHECKPOINT = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoint_format1.ckpt"
+"""A checkpoint written by the version before the refactor (format 1: flat hyperparameters, the map's buffers in
+the map generator)."""
+
+PLAIN_MAP = dict(map_fusion="product", map_sigma=0.0, map_normalization="none", score_fraction=0.0, score_levels="all")
+"""The map options at the official recipe's values (the paper's map and score)."""
+
+
+def _map(num_levels: int = 3, size: tuple[int, int] = (8, 8), **options) -> tuple[AnomalyMap, ReferenceNormalizer]:
+    """A stateless map of ``num_levels`` levels and the reference it reads its fitted statistics from; the options
+    not given are those of :data:`PLAIN_MAP`."""
+    settings = MapSettings(**{**PLAIN_MAP, **options})
+    generator = AnomalyMap(settings, num_levels, None)
+    return generator, ReferenceNormalizer(num_levels, settings.map_normalization, size, generator.separate_score)
+
+
+def _data_module(root, transform):
+    """The tiny category's data module as train.py builds it (default split, seed 0)."""
+    from stfpm.data import MVTecDataModule
+    from stfpm.data.settings import DataSettings
+
+    settings = DataSettings(category="tiny", data_root=str(root), batch_size=4, num_workers=0)
+    return MVTecDataModule(settings, transform, seed=0)
 
 
 def _levels(seed: int, batch: int = 3) -> list[torch.Tensor]:
@@ -25,9 +60,9 @@ def _levels(seed: int, batch: int = 3) -> list[torch.Tensor]:
 @pytest.mark.parametrize("sigma", [1.0, 1.3, 2.0])
 def test_smoothing_equals_scipy_gaussian_filter(sigma: float) -> None:
     levels = _levels(0)
-    generator = AnomalyMapGenerator(3, "product", sigma)
-    maps, scores = generator(levels, (24, 40))
-    fused = fuse_anomaly_maps(levels, (24, 40)).numpy()
+    generator, reference = _map(map_sigma=sigma)
+    maps, scores = generator(levels, (24, 40), reference)
+    fused = fuse(levels, (24, 40), "product", range(3), None).numpy()
     expected = np.stack([ndimage.gaussian_filter(m[0].astype(np.float64), sigma, mode="mirror") for m in fused])
     np.testing.assert_allclose(maps[:, 0].numpy(), expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(scores.numpy(), expected.reshape(3, -1).max(axis=1), rtol=1e-5)
@@ -35,7 +70,8 @@ def test_smoothing_equals_scipy_gaussian_filter(sigma: float) -> None:
 
 def test_no_smoothing_is_the_official_product() -> None:
     levels = _levels(1)
-    maps, _ = AnomalyMapGenerator(3)(levels, (24, 40))
+    generator, reference = _map()
+    maps, _ = generator(levels, (24, 40), reference)
     expected = np.ones((3, 24, 40))
     for level in levels:
         up = torch.nn.functional.interpolate(level, size=(24, 40), mode="bilinear", align_corners=False)
@@ -46,38 +82,51 @@ def test_no_smoothing_is_the_official_product() -> None:
 def test_sum_fusion_weighs_levels_by_their_validation_mean() -> None:
     val, test = _levels(2, batch=5), _levels(3)
     val[1] = val[1] * 10.0  # a level with a larger range must not dominate the sum
-    generator = AnomalyMapGenerator(3, "sum")
-    generator.fit_level_scale(val)
+    generator, reference = _map(map_fusion="sum")
+    assert generator.sums_levels
+    reference.fit_level_scale(val)
     means = [float(v.mean()) for v in val]
-    np.testing.assert_allclose(generator.level_scale.numpy(), [1 / m for m in means], rtol=1e-6)
-    maps, _ = generator(test, (12, 20))
+    np.testing.assert_allclose(reference.level_scale.numpy(), [1 / m for m in means], rtol=1e-6)
+    maps, _ = generator(test, (12, 20), reference)
     expected = sum(
         torch.nn.functional.interpolate(t, size=(12, 20), mode="bilinear", align_corners=False) / m
         for t, m in zip(test, means)
     )
     np.testing.assert_allclose(maps.numpy(), expected.numpy(), rtol=1e-5)
-    product = AnomalyMapGenerator(3, "product")
-    product.fit_level_scale(val)
-    assert torch.equal(product.level_scale, torch.ones(3))  # the official fusion is never rescaled
+    product = STFPMModel(ModelSettings.of(backbone="resnet18", teacher_weights=None, image_size=32, **PLAIN_MAP))
+    assert not product.anomaly_map.sums_levels
+    held_out_maps(product, val)  # the calibration step of training
+    assert torch.equal(product.reference.level_scale, torch.ones(3))  # the official fusion is never rescaled
 
 
-def test_level_scale_travels_in_the_state_dict_and_old_ones_load() -> None:
-    model = STFPMModel("resnet18", teacher_weights=None, map_fusion="sum", map_sigma=2.0)
-    model.anomaly_map.level_scale.copy_(torch.tensor([1.0, 2.0, 3.0]))
+def test_level_scale_travels_in_the_state_dict_and_old_ones_load(tmp_path) -> None:
+    settings = ModelSettings.of(backbone="resnet18", teacher_weights=None, **{**PLAIN_MAP, "map_fusion": "sum",
+                                                                              "map_sigma": 2.0})
+    model = STFPMModel(settings)
+    model.reference.level_scale.copy_(torch.tensor([1.0, 2.0, 3.0]))
     state = model.state_dict()
-    assert "anomaly_map.level_scale" in state and "anomaly_map.kernel" not in state
-    clone = STFPMModel("resnet18", teacher_weights=None, map_fusion="sum", map_sigma=2.0)
+    assert "reference.level_scale" in state and "anomaly_map.kernel" not in state
+    clone = STFPMModel(settings)
     clone.load_state_dict(state)
-    assert torch.equal(clone.anomaly_map.level_scale, torch.tensor([1.0, 2.0, 3.0]))
-    old = {k: v for k, v in STFPMModel("resnet18", teacher_weights=None).state_dict().items() if "level_scale" not in k}
-    STFPMModel("resnet18", teacher_weights=None).load_state_dict(old)  # written before the buffer existed
+    assert torch.equal(clone.reference.level_scale, torch.tensor([1.0, 2.0, 3.0]))
+    # a checkpoint written before the buffer existed (and before --map-fusion: the official product) loads with 1s
+    from stfpm.model.checkpoint import load_checkpoint
+
+    old = torch.load(FORMAT_1_CHECKPOINT, map_location="cpu", weights_only=True)
+    assert old["stfpm"]["format_version"] == 1
+    old["state_dict"] = {k: v for k, v in old["state_dict"].items() if "level_scale" not in k}
+    old["hyper_parameters"] = {k: v for k, v in old["hyper_parameters"].items() if k != "map_fusion"}
+    torch.save(old, tmp_path / "old.ckpt")
+    loaded = load_checkpoint(tmp_path / "old.ckpt")
+    assert loaded.settings.map.map_fusion == "product"
+    assert torch.equal(loaded.model.reference.level_scale, torch.ones(len(loaded.settings.networks.layers or ())))
 
 
 def test_bad_map_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="fusion"):
-        AnomalyMapGenerator(3, "max")
-    with pytest.raises(ValueError, match="sigma"):
-        AnomalyMapGenerator(3, "product", -1.0)
+    with pytest.raises(ConfigError, match="--map-fusion must be one of product, sum"):
+        MapSettings(map_fusion="max")
+    with pytest.raises(ConfigError, match="--map-sigma must be a finite number in \\[0, inf\\)"):
+        MapSettings(map_fusion="product", map_sigma=-1.0)
 
 
 def test_gumbel_threshold_is_the_fitted_quantile() -> None:
@@ -97,10 +146,11 @@ def test_gumbel_threshold_extrapolates_beyond_few_scores_and_never_undercuts_the
     assert gumbel_threshold(few[:2], 0.99) == quantile_threshold(few[:2], 0.99)  # too few to fit
     assert gumbel_threshold(few, 1.0) == few.max()
     maps = torch.rand(7, 8, 8)
-    image, pixel = calibrate(torch.tensor(few), maps, 0.99, 0.999, "gumbel")
+    gumbel = CalibrationSettings(image_threshold_quantile=0.99, pixel_threshold_quantile=0.999, calibration="gumbel")
+    image, pixel = thresholds(torch.tensor(few), maps, gumbel)
     assert image == pytest.approx(gumbel_threshold(few, 0.99)) and pixel == quantile_threshold(maps, 0.999)
-    with pytest.raises(ValueError, match="calibration"):
-        calibrate(torch.tensor(few), maps, 0.99, 0.999, "magic")
+    with pytest.raises(ConfigError, match="--calibration must be one of empirical, gumbel"):
+        CalibrationSettings(image_threshold_quantile=0.99, pixel_threshold_quantile=0.999, calibration="magic")
 
 
 def test_image_sizes_square_or_height_width() -> None:
@@ -123,7 +173,7 @@ def test_aspect_preserving_size_keeps_area_and_ratio() -> None:
 
 def test_non_square_transform_and_mask() -> None:
     image = np.zeros((230, 565, 3), np.uint8)
-    assert ImageTransform((80, 208))(image).shape == (3, 80, 208)
+    assert ImageTransform((80, 208), IMAGENET_MEAN, IMAGENET_STD)(image).shape == (3, 80, 208)
     mask = np.zeros((230, 565), bool)
     mask[100:130, 200:300] = True
     resized = resize_mask(mask, (80, 208))
@@ -166,14 +216,14 @@ def test_non_square_run_trains_tests_and_predicts_end_to_end(tiny_data, tmp_path
     assert train_main(["--category", "tiny", "--data-root", str(root), "--output-dir", str(tmp_path / "runs"), *args]) == 0
     checkpoint = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
     model = load_checkpoint(checkpoint)
-    assert model.hparams["image_size"] == [48, 80]  # 64*64 pixels at ratio 2/3, multiples of 16
-    assert model.hparams["map_fusion"] == "sum" and model.hparams["map_sigma"] == 2.0
-    assert not torch.equal(model.model.anomaly_map.level_scale, torch.ones(3))  # fitted on validation normals
+    assert model.settings.input.image_size == [48, 80]  # 64*64 pixels at ratio 2/3, multiples of 16
+    assert model.settings.map.map_fusion == "sum" and model.settings.map.map_sigma == 2.0
+    assert not torch.equal(model.model.reference.level_scale, torch.ones(3))  # fitted on validation normals
     assert all(math.isfinite(t) for t in model.thresholds)
     maps, _ = model.model.predict(torch.randn(1, 3, 48, 80))
     assert maps.shape == (1, 1, 48, 80)
     meta = metadata(model, "exported_program")
-    assert meta["image_size"] == [48, 80] and "[B,3,48,80]" in meta["input"]
+    assert meta["settings"]["input"]["image_size"] == [48, 80] and "[B,3,48,80]" in meta["input"]
 
     out = tmp_path / "eval"
     base = ["--num-workers", "0", "--accelerator", "cpu"]
@@ -208,59 +258,55 @@ def test_keep_aspect_takes_one_size(tiny_data, tmp_path, capsys) -> None:
 
 def test_smoothing_a_map_smaller_than_the_kernel_keeps_a_constant_constant() -> None:
     levels = [torch.full((2, 1, 3, 3), 0.5), torch.full((2, 1, 2, 2), 0.5), torch.full((2, 1, 1, 1), 0.5)]
-    maps, scores = AnomalyMapGenerator(3, "product", 4.0)(levels, (5, 7))  # radius 16 > the map's sides
+    generator, reference = _map(map_sigma=4.0)
+    maps, scores = generator(levels, (5, 7), reference)  # radius 16 > the map's sides
     torch.testing.assert_close(maps, torch.full((2, 1, 5, 7), 0.125))
     torch.testing.assert_close(scores, torch.full((2,), 0.125))
 
 
 def test_reference_normalization_divides_by_the_validation_mean_map() -> None:
     """map = fused / (R + mean(R)), R = mean fused map of the validation normals (stored, used at inference)."""
-    from stfpm.model.anomaly_map import AnomalyMapGenerator
-
     torch.manual_seed(0)
     val = [torch.rand(30, 1, 4, 4) * 0.2 + 0.5, torch.rand(30, 1, 2, 2) * 0.2 + 0.5]  # alike: 29.8 images' worth
     test = [torch.rand(3, 1, 4, 4) + 0.1, torch.rand(3, 1, 2, 2) + 0.1]
-    gen = AnomalyMapGenerator(2, normalization="reference", size=(8, 8))
-    plain = AnomalyMapGenerator(2)
-    val_fused = plain(val, (8, 8))[0]
-    assert gen.fit_reference(gen.fused(val, (8, 8))) and gen.reference_in_use
+    gen, gen_reference = _map(2, (8, 8), map_normalization="reference")
+    plain, plain_reference = _map(2, (8, 8))
+    val_fused = plain(val, (8, 8), plain_reference)[0]
+    assert gen_reference.fit(gen.fused(val, (8, 8), gen.levels, gen_reference.level_scale)) and gen_reference.in_use
     reference = val_fused.mean(dim=0, keepdim=True)
-    maps, scores = gen(test, (8, 8))
-    expected = plain(test, (8, 8))[0] / (reference + reference.mean())
+    maps, scores = gen(test, (8, 8), gen_reference)
+    expected = plain(test, (8, 8), plain_reference)[0] / (reference + reference.mean())
     torch.testing.assert_close(maps, expected)
     torch.testing.assert_close(scores, expected.flatten(1).amax(1))
-    assert "reference" in gen.state_dict()
+    assert "reference" in gen_reference.state_dict()
 
 
 def test_reference_thresholds_score_each_validation_image_without_itself(tiny_data, tmp_path, monkeypatch) -> None:
     """Calibration: validation image i is normalized by the mean of the other validation maps (leave-one-out);
     the stored reference is the mean of all of them."""
-    import stfpm.cli.train
-    import stfpm.model.anomaly_map
-    import stfpm.model.lightning_model
+    import importlib
 
-    for module in (stfpm.model.anomaly_map, stfpm.model.lightning_model, stfpm.cli.train):  # every module naming it
-        monkeypatch.setattr(module, "MIN_REFERENCE_IMAGES", 1)  # the tiny set has 2 validation images
+    # every module naming it (stfpm.training.fit by import: the package's `fit` is the function of that name)
+    for name in ("stfpm.model.reference", "stfpm.model.calibrate", "stfpm.model.lightning_model", "stfpm.training.fit"):
+        monkeypatch.setattr(importlib.import_module(name), "MIN_REFERENCE_IMAGES", 1)  # the tiny set: 2 validation images
     from conftest import TRAIN_ARGS
     from stfpm.cli.train import main as train_main
-    from stfpm.data import MVTecDataModule
-    from stfpm.data.io import as_hw
+    from stfpm.model.anomaly_map import layer_anomaly_maps
     from stfpm.model.checkpoint import load_checkpoint
 
     assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS,
                        "--epochs", "1", "--map-normalization", "reference", "--image-threshold-quantile", "0.5",
                        "--score-levels", "all", "--score-fraction", "0"]) == 0  # the score: the same map's max
     model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
-    dm = MVTecDataModule(tiny_data, "tiny", image_size=64, batch_size=4)
+    dm = _data_module(tiny_data, model.preprocessing())
     dm.setup("fit")
     batch = torch.stack([dm.val_dataset[i]["image"] for i in range(len(dm.val_dataset))])
     with torch.no_grad():
         teacher, student = model.model(batch)
-        from stfpm.model.anomaly_map import anomaly_map
-
-        fused = anomaly_map(teacher, student, as_hw(64))  # the official product, no normalization
+        # the official product, no normalization
+        fused = fuse(layer_anomaly_maps(teacher, student), as_hw(64), "product", range(3), None)
     n = len(fused)
-    torch.testing.assert_close(model.model.anomaly_map.reference, fused.mean(0, keepdim=True), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(model.model.reference.reference, fused.mean(0, keepdim=True), rtol=1e-4, atol=1e-7)
     scores = []
     for i in range(n):
         others = torch.cat([fused[:i], fused[i + 1:]]).mean(0, keepdim=True)
@@ -274,16 +320,16 @@ def test_score_fraction_is_the_mean_of_the_highest_pixels() -> None:
     maps = torch.zeros(2, 1, 10, 10)
     maps[0, 0, 0, :5] = torch.tensor([9.0, 7.0, 5.0, 3.0, 1.0])
     maps[1, 0, 4, 4] = 2.0
-    assert image_scores(maps).tolist() == [9.0, 2.0]
+    assert image_scores(maps, 0.0).tolist() == [9.0, 2.0]
     assert image_scores(maps, 0.03).tolist() == [7.0, pytest.approx(2 / 3)]  # 3 of 100 pixels
     assert image_scores(maps, 0.001).tolist() == [9.0, 2.0]  # at least one pixel
-    gen = AnomalyMapGenerator(3, score_fraction=0.05)
+    gen, reference = _map(score_fraction=0.05)
     levels = _levels(4)
-    out, scores = gen(levels, (24, 40))
+    out, scores = gen(levels, (24, 40), reference)
     k = round(0.05 * 24 * 40)
     torch.testing.assert_close(scores, out.flatten(1).sort(dim=1, descending=True).values[:, :k].mean(1))
-    with pytest.raises(ValueError, match="score fraction"):
-        AnomalyMapGenerator(3, score_fraction=1.0)
+    with pytest.raises(ConfigError, match="--score-fraction must be a finite number in \\[0, 1\\)"):
+        MapSettings(**{**PLAIN_MAP, "score_fraction": 1.0})
 
 
 def test_score_fraction_reaches_thresholds_and_export(tiny_data, tmp_path) -> None:
@@ -292,7 +338,6 @@ def test_score_fraction_reaches_thresholds_and_export(tiny_data, tmp_path) -> No
 
     from conftest import TRAIN_ARGS
     from stfpm.cli.train import main as train_main
-    from stfpm.data import MVTecDataModule
     from stfpm.inference.export import deployable, export
     from stfpm.model.checkpoint import load_checkpoint
 
@@ -300,8 +345,8 @@ def test_score_fraction_reaches_thresholds_and_export(tiny_data, tmp_path) -> No
                        "--epochs", "1", "--score-fraction", "0.02", "--image-threshold-quantile", "0.5",
                        "--map-normalization", "none", "--score-levels", "all"]) == 0  # the reference: tested on its own
     model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
-    assert model.model.anomaly_map.score_fraction == 0.02
-    dm = MVTecDataModule(tiny_data, "tiny", image_size=64, batch_size=4)
+    assert model.model.anomaly_map.settings.score_fraction == 0.02
+    dm = _data_module(tiny_data, model.preprocessing())
     dm.setup("fit")
     batch = torch.stack([dm.val_dataset[i]["image"] for i in range(len(dm.val_dataset))])
     with torch.no_grad():
@@ -310,7 +355,7 @@ def test_score_fraction_reaches_thresholds_and_export(tiny_data, tmp_path) -> No
     torch.testing.assert_close(scores, maps.flatten(1).topk(k, dim=1).values.mean(1))
     assert model.thresholds[0] == pytest.approx(float(np.quantile(scores.numpy(), 0.5)), rel=1e-5)
     path = export(model, tmp_path / "m.torchscript", "torchscript")
-    assert json.loads((tmp_path / "m.torchscript.json").read_text())["score_fraction"] == 0.02
+    assert json.loads((tmp_path / "m.torchscript.json").read_text())["settings"]["map"]["score_fraction"] == 0.02
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(path))(images)[1], deployable(model)(images)[1])
@@ -319,14 +364,16 @@ def test_score_fraction_reaches_thresholds_and_export(tiny_data, tmp_path) -> No
 def test_reference_needs_enough_validation_images_else_the_map_is_left_as_it_is(tiny_data, tmp_path, caplog) -> None:
     from conftest import TRAIN_ARGS
     from stfpm.cli.train import main as train_main
-    from stfpm.model.anomaly_map import MIN_REFERENCE_IMAGES
     from stfpm.model.checkpoint import load_checkpoint
+    from stfpm.model.reference import MIN_REFERENCE_IMAGES
 
     few = [torch.rand(MIN_REFERENCE_IMAGES - 1, 1, 4, 4), torch.rand(MIN_REFERENCE_IMAGES - 1, 1, 2, 2)]
-    gen = AnomalyMapGenerator(2, normalization="reference", size=(8, 8))
-    assert not gen.fit_reference(gen.fused(few, (8, 8)))
+    gen, gen_reference = _map(2, (8, 8), map_normalization="reference")
+    assert not gen_reference.fit(gen.fused(few, (8, 8), gen.levels, gen_reference.level_scale))
     test = [torch.rand(3, 1, 4, 4), torch.rand(3, 1, 2, 2)]
-    torch.testing.assert_close(gen(test, (8, 8))[0], AnomalyMapGenerator(2)(test, (8, 8))[0], rtol=0, atol=0)
+    plain, plain_reference = _map(2, (8, 8))
+    torch.testing.assert_close(gen(test, (8, 8), gen_reference)[0], plain(test, (8, 8), plain_reference)[0],
+                               rtol=0, atol=0)
     # train.py says so, up front, and the checkpoint's thresholds are those of the plain map
     with caplog.at_level("WARNING"):
         assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path),
@@ -334,19 +381,21 @@ def test_reference_needs_enough_validation_images_else_the_map_is_left_as_it_is(
     assert "reference normalization needs at least" in caplog.text
     assert "the map is left as it is (no reference normalization)" in caplog.text  # and again after training
     model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
-    assert bool((model.model.anomaly_map.reference == 0.5).all()) and not model.model.anomaly_map.reference_in_use
+    assert bool((model.model.reference.reference == 0.5).all()) and not model.model.reference.in_use
     from stfpm.inference.export import metadata
 
-    assert metadata(model, "torchscript")["map_normalization"] == "none"  # what the exported network computes
+    meta = metadata(model, "torchscript")  # what the exported network computes: no normalization
+    assert meta["reference_normalization_in_use"] is False and meta["settings"]["map"]["map_normalization"] == "reference"
     plain = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
-    plain.model.anomaly_map = AnomalyMapGenerator(3, score_fraction=model.model.anomaly_map.score_fraction)
+    plain.model.anomaly_map, plain.model.reference = _map(
+        3, plain.model.size, score_fraction=model.model.anomaly_map.settings.score_fraction)
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model.model.predict(images), plain.model.predict(images), rtol=0, atol=0)
 
 
 def test_effective_image_count_on_hand_built_maps() -> None:
-    from stfpm.model.anomaly_map import effective_image_count
+    from stfpm.model.reference import effective_image_count
 
     assert effective_image_count(torch.full((7, 1, 3, 4), 0.3)) == pytest.approx(7)  # all alike: every image
     one = torch.zeros(7, 1, 3, 4)
@@ -372,13 +421,17 @@ def test_reference_is_not_used_when_a_few_validation_images_dominate_their_mean(
     dominated = [level.clone() * 0.01 for level in alike]
     for level in dominated:
         level[:3] = 100.0  # three rare parts, much harder for the student than the other 37
-    model = STFPM(backbone="resnet18", teacher_weights="random", image_size=8, map_normalization="reference",
-                  image_threshold_quantile=0.5, score_levels="all")
-    generator = model.model.anomaly_map
+    # the smallest input the settings take; the score: the map's maximum (at the 8x8 input this test had before, the
+    # default 1% of the pixels was one pixel, the maximum)
+    model = STFPM(ModelSettings.of(backbone="resnet18", teacher_weights="random", image_size=32,
+                                   map_normalization="reference", image_threshold_quantile=0.5, score_levels="all",
+                                   score_fraction=0.0))
+    reference = model.model.reference
     with caplog.at_level("WARNING"):
-        model.calibrate_on(alike, (8, 8))
-        assert generator.reference_in_use and "dominate" not in caplog.text
-        image_thr, _ = model.calibrate_on(dominated, (8, 8))
-    assert not generator.reference_in_use and "average only 3.0 images' worth" in caplog.text
-    plain = AnomalyMapGenerator(3)(dominated, (8, 8))[1]
+        model.calibrate_on(alike)
+        assert reference.in_use and "dominate" not in caplog.text
+        image_thr, _, _ = model.calibrate_on(dominated)
+    assert not reference.in_use and "average only 3.0 images' worth" in caplog.text
+    plain_map, plain_reference = _map(3, (32, 32))
+    plain = plain_map(dominated, (32, 32), plain_reference)[1]
     assert image_thr == pytest.approx(float(np.quantile(plain.numpy(), 0.5)), rel=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +11,28 @@ import torch
 import torchvision
 from torch import nn
 
-from stfpm.errors import WeightsError
-from stfpm.model.anomaly_map import anomaly_map, fuse_anomaly_maps, image_scores, layer_anomaly_maps
+from stfpm.core.errors import ConfigError, WeightsError
+from stfpm.model.anomaly_map import fuse, image_scores, layer_anomaly_maps
 from stfpm.model.backbones import build_backbone, resolve_layers
 from stfpm.model.loss import stfpm_loss
+from stfpm.model.settings import ModelSettings, OptimizerSettings
 from stfpm.model.torch_model import STFPMModel
+
+REPO = Path(__file__).resolve().parents[2]
+FORMAT_1_CHECKPOINT = REPO / "tests" / "fixtures" / "checkpoint_format1.ckpt"
+"""A checkpoint written by the version before the refactor (format 1: flat hyperparameters)."""
+OFFICIAL_RECIPE = REPO / "stfpm" / "configs" / "official.yaml"
+
+
+def _model(backbone: str, **options) -> STFPMModel:
+    """The network with the paper's map and score (no normalization, the maximum of the map of every level)."""
+    return STFPMModel(ModelSettings.of(backbone=backbone, map_normalization="none", score_fraction=0.0,
+                                       score_levels="all", **options))
+
+
+def _official_product(teacher: list[torch.Tensor], student: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """The official fused anomaly map: the levels' maps upsampled and multiplied, no smoothing."""
+    return fuse(layer_anomaly_maps(teacher, student), size, "product", range(len(teacher)), None)
 
 
 def _reference_loss(teacher: list[np.ndarray], student: list[np.ndarray]) -> float:
@@ -42,31 +60,31 @@ def _features(seed: int, batch: int = 2) -> list[torch.Tensor]:
 def test_loss_matches_reference_formula() -> None:
     teacher, student = _features(0), _features(1)
     expected = _reference_loss([t.numpy() for t in teacher], [s.numpy() for s in student])
-    assert stfpm_loss(teacher, student).item() == pytest.approx(expected, rel=1e-6)
+    assert stfpm_loss(teacher, student, 1.0).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_loss_is_batch_size_invariant() -> None:
     teacher, student = _features(2), _features(3)
-    doubled = stfpm_loss([torch.cat([t, t]) for t in teacher], [torch.cat([s, s]) for s in student])
-    assert doubled.item() == pytest.approx(stfpm_loss(teacher, student).item(), rel=1e-6)
+    doubled = stfpm_loss([torch.cat([t, t]) for t in teacher], [torch.cat([s, s]) for s in student], 1.0)
+    assert doubled.item() == pytest.approx(stfpm_loss(teacher, student, 1.0).item(), rel=1e-6)
 
 
 def test_loss_is_zero_for_identical_features_and_positive_otherwise() -> None:
     teacher = _features(4)
-    assert stfpm_loss(teacher, [t.clone() for t in teacher]).item() == pytest.approx(0.0, abs=1e-12)
-    assert stfpm_loss(teacher, _features(5)).item() > 0.1
+    assert stfpm_loss(teacher, [t.clone() for t in teacher], 1.0).item() == pytest.approx(0.0, abs=1e-12)
+    assert stfpm_loss(teacher, _features(5), 1.0).item() > 0.1
 
 
 def test_anomaly_map_is_product_of_upsampled_layer_maps() -> None:
     teacher, student = _features(6), _features(7)
-    maps = anomaly_map(teacher, student, size=(32, 32))
+    maps = _official_product(teacher, student, (32, 32))
     assert maps.shape == (2, 1, 32, 32)
     expected = torch.ones(2, 1, 32, 32, dtype=torch.float64)
     for t, s in zip(teacher, student):
         cos = torch.nn.functional.cosine_similarity(t, s, dim=1).unsqueeze(1)
         expected = expected * torch.nn.functional.interpolate(1 - cos, size=(32, 32), mode="bilinear")
     torch.testing.assert_close(maps.double(), expected, rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(image_scores(maps), maps.flatten(1).amax(1))
+    torch.testing.assert_close(image_scores(maps, 0.0), maps.flatten(1).amax(1))
 
 
 def test_anomaly_map_is_zero_where_student_equals_teacher() -> None:
@@ -79,9 +97,9 @@ def test_anomaly_map_is_zero_where_student_equals_teacher() -> None:
         assert torch.all(layer_map[..., layer_map.shape[-1] // 2 :] > 0)
     # one level equal everywhere makes the fused map zero everywhere
     same_first = [teacher[0].clone(), *student[1:]]
-    fused = anomaly_map(teacher, same_first, size=(16, 16))
+    fused = _official_product(teacher, same_first, (16, 16))
     assert fused.abs().max().item() < 1e-6
-    assert fuse_anomaly_maps(layer_maps, (16, 16)).shape == (2, 1, 16, 16)
+    assert fuse(layer_maps, (16, 16), "product", range(3), None).shape == (2, 1, 16, 16)
 
 
 def _hooked_outputs(model: nn.Module, names: tuple[str, ...], images: torch.Tensor) -> list[torch.Tensor]:
@@ -124,7 +142,7 @@ def test_local_teacher_weights_are_used_exactly(tmp_path) -> None:
     reference = torchvision.models.resnet18(weights=None).eval()
     path = tmp_path / "resnet18.pth"
     torch.save({"state_dict": reference.state_dict()}, path)
-    model = STFPMModel("resnet18", teacher_weights=str(path))
+    model = _model("resnet18", teacher_weights=str(path))
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = _hooked_outputs(reference, ("layer1", "layer2", "layer3"), images)
@@ -137,12 +155,12 @@ def test_teacher_weights_of_another_architecture_are_refused(tmp_path) -> None:
     path = tmp_path / "mobilenet.pth"
     torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(), path)
     with pytest.raises(WeightsError, match="do not fit resnet18"):
-        STFPMModel("resnet18", teacher_weights=str(path))
+        _model("resnet18", teacher_weights=str(path))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot read teacher weights"):
-        STFPMModel("resnet18", teacher_weights=str(tmp_path / "junk.pth"))
+        _model("resnet18", teacher_weights=str(tmp_path / "junk.pth"))
     with pytest.raises(WeightsError, match="does not exist"):
-        STFPMModel("resnet18", teacher_weights=str(tmp_path / "missing.pth"))
+        _model("resnet18", teacher_weights=str(tmp_path / "missing.pth"))
 
 
 def test_failed_imagenet_download_explains_offline_use(monkeypatch) -> None:
@@ -152,11 +170,11 @@ def test_failed_imagenet_download_explains_offline_use(monkeypatch) -> None:
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", lambda self, *a, **k: offline())
     with pytest.raises(WeightsError, match="--teacher-weights PATH"):
-        STFPMModel("resnet18", teacher_weights="imagenet")
+        _model("resnet18", teacher_weights="imagenet")
 
 
 def test_teacher_is_frozen_and_stays_in_eval_mode() -> None:
-    model = STFPMModel("resnet18", teacher_weights=None)
+    model = _model("resnet18", teacher_weights=None)
     model.train()
     assert not model.teacher.training and model.student.training
     model.teacher.train()
@@ -166,22 +184,22 @@ def test_teacher_is_frozen_and_stays_in_eval_mode() -> None:
 
 
 def test_random_teacher_warns(caplog) -> None:
-    STFPMModel("resnet18", teacher_weights="random")
+    _model("resnet18", teacher_weights="random")
     assert "RANDOM weights" in caplog.text
 
 
 def test_heterogeneous_pair_projects_student_to_teacher_channels() -> None:
-    model = STFPMModel("resnet50", student_backbone="resnet18", teacher_weights=None)
+    model = _model("resnet50", student_backbone="resnet18", teacher_weights=None)
     teacher, student = model(torch.randn(2, 3, 64, 64))
     assert [t.shape for t in teacher] == [s.shape for s in student]
     assert all(isinstance(p, nn.Conv2d) for p in model.projections)
-    same = STFPMModel("resnet18", student_backbone="resnet34", teacher_weights=None)
+    same = _model("resnet18", student_backbone="resnet34", teacher_weights=None)
     assert all(isinstance(p, nn.Identity) for p in same.projections)
 
 
 def test_student_init_from_the_teacher_copies_its_weights() -> None:
-    random_student = STFPMModel("resnet18", teacher_weights="random")
-    model = STFPMModel("resnet18", teacher_weights="random", student_init="teacher")
+    random_student = _model("resnet18", teacher_weights="random")
+    model = _model("resnet18", teacher_weights="random", student_init="teacher")
     teacher, student = model.teacher.state_dict(), model.student.state_dict()
     assert teacher.keys() == student.keys()
     assert all(torch.equal(teacher[k], student[k]) for k in teacher)
@@ -193,21 +211,23 @@ def test_student_init_from_the_teacher_copies_its_weights() -> None:
     model.eval()
     assert torch.count_nonzero(model.predict(torch.randn(2, 3, 64, 64))[0]) == 0  # identical networks: an empty map
     with pytest.raises(WeightsError, match="student must be a resnet18"):
-        STFPMModel("resnet18", student_backbone="resnet34", teacher_weights=None, student_init="teacher")
-    with pytest.raises(ValueError, match="unknown student_init"):
-        STFPMModel("resnet18", teacher_weights=None, student_init="imagenet")
+        _model("resnet18", student_backbone="resnet34", teacher_weights=None, student_init="teacher")
+    with pytest.raises(ConfigError, match="--student-init must be one of random, teacher, got 'imagenet'"):
+        _model("resnet18", teacher_weights=None, student_init="imagenet")
 
 
 def test_unknown_backbone_and_layer_are_one_line_errors() -> None:
-    with pytest.raises(WeightsError, match="unknown backbone"):
-        STFPMModel("resnet9000", teacher_weights=None)
+    with pytest.raises(ConfigError, match="--backbone must be one of .*, got 'resnet9000'"):
+        _model("resnet9000", teacher_weights=None)
     with pytest.raises(WeightsError, match="has no layer"):
-        STFPMModel("resnet18", layers=["layer7"], teacher_weights=None)
+        _model("resnet18", layers=["layer7"], teacher_weights=None)
 
 
 def test_hard_feature_loss_averages_only_the_hardest_positions() -> None:
     teacher, student = _features(6), _features(7)
-    assert stfpm_loss(teacher, student, 1.0).item() == pytest.approx(stfpm_loss(teacher, student).item())
+    # 1: every position, the paper's loss
+    paper = _reference_loss([t.numpy() for t in teacher], [s.numpy() for s in student])
+    assert stfpm_loss(teacher, student, 1.0).item() == pytest.approx(paper, rel=1e-6)
     expected = 0.0
     for t, s in zip(teacher, student):
         distance = ((torch.nn.functional.normalize(t, dim=1) - torch.nn.functional.normalize(s, dim=1)) ** 2).sum(1)
@@ -215,27 +235,39 @@ def test_hard_feature_loss_averages_only_the_hardest_positions() -> None:
         k = max(1, round(0.25 * values.size))
         expected += values[:k].mean()
     assert stfpm_loss(teacher, student, 0.25).item() == pytest.approx(expected, rel=1e-6)
-    assert stfpm_loss(teacher, student, 0.25).item() > stfpm_loss(teacher, student).item()
-    with pytest.raises(ValueError, match="hard_fraction"):
-        stfpm_loss(teacher, student, 0.0)
+    assert stfpm_loss(teacher, student, 0.25).item() > stfpm_loss(teacher, student, 1.0).item()
+    with pytest.raises(ConfigError, match="--hard-fraction must be a finite number in \\(0, 1\\]"):
+        OptimizerSettings(hard_fraction=0.0)
 
 
-def test_checkpoints_older_than_an_option_load_with_the_paper_value(trained_run, tmp_path) -> None:
-    """A checkpoint written before an option existed was trained without it: it must not pick up today's default."""
+ADDED_OPTIONS = ("map_fusion", "map_sigma", "map_normalization", "score_fraction", "calibration", "hard_fraction",
+                 "lr_schedule", "augment", "student_init", "score_levels")
+"""Options beyond the paper, added after the first checkpoints were written: an old checkpoint may lack them."""
+
+
+def test_checkpoints_older_than_an_option_load_with_the_paper_value(tmp_path) -> None:
+    """A checkpoint written before an option existed was trained without it: it must not pick up today's default,
+    but the value of the paper's recipe (configs/official.yaml)."""
+    import yaml
+
     from stfpm.model.checkpoint import load_checkpoint
-    from stfpm.model.lightning_model import PAPER_VALUES
 
-    saved = torch.load(trained_run["checkpoint"], map_location="cpu", weights_only=False)
+    recipe = {name: value for section in yaml.safe_load(OFFICIAL_RECIPE.read_text()).values()
+              for name, value in section.items()}
+    paper_values = {option: recipe[option] for option in ADDED_OPTIONS}
+    saved = torch.load(FORMAT_1_CHECKPOINT, map_location="cpu", weights_only=True)
+    assert saved["stfpm"]["format_version"] == 1 and set(ADDED_OPTIONS) <= set(saved["hyper_parameters"])
     saved["state_dict"] = {k: v for k, v in saved["state_dict"].items() if "reference" not in k}
     written = {}
-    for name, hparams in (("old", {k: v for k, v in saved["hyper_parameters"].items() if k not in PAPER_VALUES}),
-                          ("paper", {**saved["hyper_parameters"], **PAPER_VALUES})):
+    for name, hparams in (("old", {k: v for k, v in saved["hyper_parameters"].items() if k not in ADDED_OPTIONS}),
+                          ("paper", {**saved["hyper_parameters"], **paper_values})):
         written[name] = tmp_path / f"{name}.ckpt"
         torch.save({**saved, "hyper_parameters": hparams}, written[name])
     old, paper = load_checkpoint(written["old"]), load_checkpoint(written["paper"])
-    resolved = {**PAPER_VALUES, "score_levels": list(range(len(old.hparams["layers"])))}  # `all`, recorded resolved
-    assert {option: old.hparams[option] for option in PAPER_VALUES} == resolved
-    assert old.model.anomaly_map.normalization == "none"
-    images = torch.rand(2, 3, 64, 64)
+    sections = {name: section.name for section in ModelSettings.SECTIONS for name in section.names()}
+    resolved = {**paper_values, "score_levels": list(range(len(old.settings.networks.layers or ())))}  # `all`, resolved
+    assert {option: getattr(getattr(old.settings, sections[option]), option) for option in ADDED_OPTIONS} == resolved
+    assert old.settings.map.map_normalization == "none" and not old.model.reference.enabled
+    images = torch.rand(2, 3, *old.settings.input.size)
     with torch.no_grad():
         torch.testing.assert_close(old.model.predict(images), paper.model.predict(images))

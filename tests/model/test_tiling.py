@@ -7,8 +7,15 @@ import json
 import pytest
 import torch
 
+from stfpm.model.settings import ModelSettings
 from stfpm.model.tiling import Tiler, tile_starts
 from stfpm.model.torch_model import STFPMModel
+
+
+def _model(**options) -> STFPMModel:
+    """A resnet18 pair with the paper's map and score (no normalization, the maximum of the map of every level)."""
+    return STFPMModel(ModelSettings.of(backbone="resnet18", teacher_weights=None, map_normalization="none",
+                                       score_fraction=0.0, score_levels="all", **options))
 
 
 def test_tile_starts_cover_the_side_without_padding() -> None:
@@ -32,8 +39,8 @@ def test_merge_of_split_is_the_identity() -> None:
 
 def test_tiled_map_is_the_per_tile_map_where_tiles_do_not_overlap() -> None:
     torch.manual_seed(0)
-    tiled = STFPMModel("resnet18", teacher_weights=None, image_size=(64, 96), tile_size=(32, 48), tile_overlap=0.0)
-    plain = STFPMModel("resnet18", teacher_weights=None)
+    tiled = _model(image_size=(64, 96), tile_size=(32, 48), tile_overlap=0.0)
+    plain = _model()
     plain.load_state_dict(tiled.state_dict())  # tiling adds no weights
     tiled.eval(), plain.eval()
     images = torch.randn(2, 3, 64, 96)
@@ -57,7 +64,7 @@ def test_tiled_run_trains_calibrates_tests_and_exports(tiny_data, tmp_path, capl
     checkpoint = tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
     assert "only 2 validation images" in caplog.text  # the 0.99 quantile of 2 scores cannot keep its promise
     model = load_checkpoint(checkpoint)
-    assert model.hparams["tile_size"] == 32 and model.model.tiler.num_tiles == 9
+    assert model.settings.input.tile_size == 32 and model.model.tiler.num_tiles == 9
     assert all(torch.isfinite(torch.tensor(model.thresholds)))
     out = tmp_path / "eval"
     assert test_main(["--checkpoint", str(checkpoint), "--output-dir", str(out), "--num-workers", "0",
@@ -67,8 +74,8 @@ def test_tiled_run_trains_calibrates_tests_and_exports(tiny_data, tmp_path, capl
     program = torch.export.load(str(path)).module()
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        expected, _ = model.model.predict((images - torch.tensor(model.hparams["mean"]).view(1, 3, 1, 1))
-                                          / torch.tensor(model.hparams["std"]).view(1, 3, 1, 1))
+        expected, _ = model.model.predict((images - torch.tensor(model.settings.input.mean).view(1, 3, 1, 1))
+                                          / torch.tensor(model.settings.input.std).view(1, 3, 1, 1))
         maps, _ = program(images)
     torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-6)
 

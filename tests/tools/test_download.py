@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from stfpm.errors import DownloadError
+from stfpm.core.errors import DownloadError
 from stfpm.tools.download import EXTRACT_TMP_PREFIX, download_file, download_mvtec, extract_archive
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

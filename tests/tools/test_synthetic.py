@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stfpm.errors import DataError
+from stfpm.core.errors import DataError
 from stfpm.tools.synthetic import (
     DEFECT_TYPES,
     MARKER_NAME,

@@ -1,4 +1,4 @@
-"""User-facing error types.
+"""User-facing errors, and the one rule for squeezing any error into the single line a command prints.
 
 Every problem a user can cause (missing folder, unknown category, corrupt checkpoint, failed download...)
 raises a subclass of :class:`STFPMError`. The command-line entry points catch it and print its message as a
@@ -6,6 +6,19 @@ single ``error: ...`` line with a non-zero exit code, instead of a traceback.
 """
 
 from __future__ import annotations
+
+
+def one_line(value: object, first_line: bool = False, limit: int | None = None) -> str:
+    """``value`` (an exception or any text) as one line: white space folded, or only its first non-empty line
+    with ``first_line`` (for errors whose later lines are a library's long explanation), cut at ``limit``
+    characters. An exception without a message gives its type's name."""
+    text = str(value).strip()
+    if first_line and text:
+        text = text.splitlines()[0]
+    text = " ".join(text.split())
+    if not text and isinstance(value, BaseException):
+        text = type(value).__name__
+    return text if limit is None else text[:limit]
 
 
 class STFPMError(Exception):

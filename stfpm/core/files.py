@@ -1,6 +1,8 @@
 """Atomic file writes: a temporary file in the same folder, then a rename.
 
-A crash or a full disk never leaves a half-written mask or result file that looks valid.
+A crash or a full disk never leaves a half-written mask, result or checkpoint that looks valid. Files get the
+permissions the user's umask gives a newly created file (as ``open`` would), not the private 0600 of a temporary
+file, so colleagues and services can read what a run wrote when the umask lets them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,15 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # read once, at import: changing the umask is not thread-safe
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary sibling file and ``os.replace``."""
     path = Path(path)
@@ -17,6 +28,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), _FILE_MODE)
             handle.write(data)
         os.replace(tmp, path)
     except BaseException:

@@ -1,4 +1,4 @@
-"""Writing evaluation results: results.json / .csv / .md, console tables, and the optional visual report."""
+"""Writing evaluation results: results.json / .csv / .md and the console tables."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from stfpm.reporting.atomic import atomic_write_bytes, atomic_write_text
+from stfpm.core.files import atomic_write_text
 
 SUMMARY_COLUMNS = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "pixel_f1_max")
 OPERATING_COLUMNS = (
@@ -113,20 +113,3 @@ def write_summary(all_results: list[dict[str, Any]], out_dir: Path) -> str:
     atomic_write_text(out_dir / "results_all.csv", _csv_text(rows, ["category", *ALL_COLUMNS]))
     atomic_write_text(out_dir / "results_all.md", table)
     return table
-
-
-def save_png(path: Path, array: np.ndarray) -> None:
-    """Write an RGB or single-channel uint8 array as PNG, atomically."""
-    save_image(path, array)
-
-
-def save_image(path: Path, array: np.ndarray) -> None:
-    """Write an RGB or single-channel uint8 array atomically, in the format of the path's suffix (.png, .jpg)."""
-    import cv2
-
-    image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if path.suffix.lower() in (".jpg", ".jpeg") else []
-    ok, encoded = cv2.imencode(path.suffix.lower(), image, params)
-    if not ok:
-        raise OSError(f"cannot encode {path}")
-    atomic_write_bytes(path, encoded.tobytes())

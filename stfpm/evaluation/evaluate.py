@@ -1,0 +1,127 @@
+"""test.py's work: evaluate a checkpoint (or the latest run of each category) on its test split and write the
+results beside it."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stfpm.core.errors import CheckpointError
+from stfpm.core.layout import Run, Runs
+from stfpm.data.datamodule import MVTecDataModule
+from stfpm.data.settings import DEFAULT_DATA_ROOT, DataSettings
+from stfpm.evaluation.metrics import roc_curve
+from stfpm.evaluation.results import TestPredictions, compute_metrics, predict_test_split, undefined_metrics_note
+from stfpm.evaluation.settings import TestSettings
+from stfpm.inference.postprocess import binary_mask
+from stfpm.inference.settings import DeviceSettings, EngineSettings, ThresholdSettings
+from stfpm.inference.thresholding import ThresholdPolicy
+from stfpm.model.checkpoint import load_checkpoint
+from stfpm.reporting.panels import save_image_panels, save_roc_curves, save_score_histogram
+from stfpm.reporting.tables import write_category_results, write_summary
+
+log = logging.getLogger(__name__)
+
+
+class Evaluation:
+    """test.py with its options; ``say`` receives what a user reads (tables, where the results are)."""
+
+    def __init__(self, settings: TestSettings, engine: EngineSettings, devices: DeviceSettings,
+                 thresholds: ThresholdSettings, say: Callable[[str], None] = print) -> None:
+        settings.check_paths()
+        thresholds.check_paths()
+        self.settings, self.engine, self.devices, self.thresholds, self.say = settings, engine, devices, thresholds, say
+
+    def run(self) -> list[dict[str, Any]]:
+        """Evaluate what the options name: a checkpoint, the latest run of a category, of every category (`all`,
+        with a summary table) or of any category; the results of each (none on the other processes of DDP)."""
+        s = self.settings
+        runs = Runs(Path(s.runs_dir))
+        output_dir = Path(s.output_dir).expanduser() if s.output_dir else None
+        if s.checkpoint or s.category != "all":
+            checkpoint = runs.resolve(s.checkpoint, s.category)
+            results = self.checkpoint(checkpoint, s.category, output_dir)
+            return [results] if results else []
+        categories = runs.trained_categories()
+        if not categories:
+            raise CheckpointError(f"no trained runs under {s.runs_dir}; train with `python train.py --category ...`")
+        every = [self.checkpoint(runs.latest_checkpoint(c), c, output_dir / c if output_dir else None)
+                 for c in categories]
+        if not all(every):
+            return []  # not the reporting process
+        summary_dir = output_dir or runs.root
+        self.say(f"\nall categories\n{write_summary(every, summary_dir)}")
+        self.say(f"summary: {summary_dir / 'results_all.md'}")
+        return every
+
+    def checkpoint(self, checkpoint: Path, category: str | None, out_dir: Path | None) -> dict[str, Any]:
+        """Evaluate one checkpoint; write and show its results; return them (empty on the other processes)."""
+        model = load_checkpoint(checkpoint)
+        category = category or model.run_info.get("category")
+        if not category:
+            raise CheckpointError(f"{checkpoint} does not record its category; pass --category")
+        data_root = self.settings.data_root or model.run_info.get("data_root") or DEFAULT_DATA_ROOT
+        data = DataSettings(category=category, data_root=str(data_root), batch_size=self.engine.batch_size,
+                            num_workers=self.engine.num_workers)
+        datamodule = MVTecDataModule(data, model.preprocessing(), seed=0)
+        policy = ThresholdPolicy.of(self.thresholds, model.thresholds)
+        run = Run(out_dir) if out_dir else Run.of_checkpoint(checkpoint)
+        report = datamodule.preflight("test", strict=self.settings.strict, report_path=run.problems("test"))
+        pred, reporter = predict_test_split(model, datamodule, self.devices)
+        if not reporter:  # under several processes, the first one reports
+            return {}
+        results = {
+            "category": category,
+            **compute_metrics(pred, self.settings.fpr_limit, policy.image, policy.pixel),
+            "calibrated_image_threshold": model.thresholds[0],
+            "calibrated_pixel_threshold": model.thresholds[1],
+            **policy.as_dict(),
+            "checkpoint": str(checkpoint),
+            "data_root": str(data_root),
+            **model.settings.summary(),
+        }
+        table = write_category_results(results, run.folder)
+        if report.problems:
+            report.save(run.problems("test"))
+        self.say(f"\n{category} ({len(pred.scores)} test images, checkpoint {checkpoint})\n{table}")
+        note = undefined_metrics_note(results)
+        if note:
+            log.warning("%s: %s", category, note)
+        if self.settings.save_images:
+            fallback = policy.or_else(results["image_f1_threshold"], results["pixel_f1_threshold"], "F1-optimal")
+            save_visuals(pred, results, run.folder, fallback)
+        self.say(f"results: {run.folder / 'results.json'}")
+        return results
+
+
+def save_visuals(pred: TestPredictions, results: dict[str, Any], out_dir: Path, policy: ThresholdPolicy) -> None:
+    """--save-images: a panel per test image, the ROC curves and the score histogram."""
+    threshold = policy.pixel
+    if not math.isfinite(threshold):
+        log.warning("no pixel threshold available: predicted masks in the panels are skipped")
+        threshold = math.inf
+    count = save_image_panels(pred.paths, pred.maps, pred.masks, pred.defect_types, out_dir / "images", threshold,
+                              lambda anomaly_map: binary_mask(anomaly_map, threshold, 0))
+    save_roc_curves(_curves(pred, results), out_dir / "roc_curve.png", f"ROC: {results['category']}")
+    save_score_histogram(pred.scores, pred.labels, out_dir / "score_histogram.png", policy.image, results["category"])
+    log.info("wrote %d image panels (input | ground truth | heatmap | mask) to %s", count, out_dir / "images")
+
+
+def _curves(pred: TestPredictions, results: dict[str, Any]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The image ROC (both classes present) and the pixel ROC (defect and normal pixels present)."""
+    curves = []
+    labels = pred.labels.astype(bool)
+    if 0 < labels.sum() < len(labels):
+        fpr, tpr = roc_curve(pred.scores, labels)
+        curves.append((f"image (AUROC {results['image_auroc']:.4f})", fpr, tpr))
+    select = pred.has_mask
+    masks = pred.masks[select]
+    if masks.any() and not masks.all():
+        fpr, tpr = roc_curve(pred.maps[select], masks)
+        curves.append((f"pixel (AUROC {results['pixel_auroc']:.4f})", fpr, tpr))
+    return curves

@@ -1,0 +1,216 @@
+"""train.py's work: fit STFPM on one category (or all) of an MVTec-AD-layout dataset and write its run folder.
+
+>>> from stfpm.training import TrainSettings, fit
+>>> results = fit(TrainSettings.of(category="carpet", backbone="resnet18", epochs=10))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+import yaml
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from stfpm.core.errors import ConfigError, DataError
+from stfpm.core.files import atomic_write_text
+from stfpm.core.layout import Run
+from stfpm.core.options import Section, as_config
+from stfpm.data.datamodule import MVTecDataModule
+from stfpm.data.io import aspect_preserving_size, median_aspect
+from stfpm.data.mvtec import list_categories, resolve_category_dir, scan_train
+from stfpm.data.settings import DataSettings
+from stfpm.inference.engine import TRAINING_DEVICES, build_trainer
+from stfpm.inference.settings import DeviceSettings
+from stfpm.model import checkpoint_format
+from stfpm.model.checkpoint import AtomicCheckpointIO, read_checkpoint
+from stfpm.model.lightning_model import STFPM
+from stfpm.model.reference import MIN_REFERENCE_IMAGES, reference_is_uniform
+from stfpm.model.settings import InputSettings, ModelSettings
+from stfpm.training.callbacks import FirstInterruptStops, checkpoint_callbacks
+from stfpm.training.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Every option of train.py, by concern."""
+
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    devices: DeviceSettings = field(default_factory=DeviceSettings)
+
+    SECTIONS: ClassVar[tuple[type[Section], ...]] = (DataSettings, *ModelSettings.SECTIONS, TrainerSettings, DeviceSettings)
+
+    @classmethod
+    def from_sections(cls, sections: Mapping[str, Any]) -> TrainSettings:
+        return cls(sections["data"], ModelSettings.from_sections(sections), sections["trainer"], sections["devices"])
+
+    @classmethod
+    def of(cls, **options: Any) -> TrainSettings:
+        """Settings from options by name (``TrainSettings.of(category="carpet", epochs=10)``)."""
+        own: dict[str, dict[str, Any]] = {}
+        rest = dict(options)
+        for section in (DataSettings, TrainerSettings, DeviceSettings):
+            own[section.name] = {k: rest.pop(k) for k in section.names() if k in rest}
+        return cls(DataSettings(**own["data"]), ModelSettings.of(**rest), TrainerSettings(**own["trainer"]),
+                   DeviceSettings(**own["devices"]))
+
+    def sections(self) -> list[Section]:
+        return [self.data, *self.model.sections(), self.trainer, self.devices]
+
+    def check(self) -> None:
+        """What can be checked before any work starts: paths, and the score's levels against the network's."""
+        for section in self.sections():
+            section.check_paths()
+        self.model.resolved()
+
+    def run_config(self, category: str) -> dict[str, dict[str, Any]]:
+        """The resolved options of one category's run, by section: `--config` of any command reads it back."""
+        config = as_config(*self.sections())
+        config["data"]["category"] = category
+        config["trainer"]["resume"] = None
+        return config
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A finished run: its category, folder and best checkpoint."""
+
+    category: str
+    run: Run
+    best: Path
+
+
+def fit(settings: TrainSettings) -> list[FitResult]:
+    """Train every category the data section names (`all`: each category folder, one after another)."""
+    settings.check()
+    data = settings.data
+    if not data.category:
+        raise ConfigError("--category is required (a folder name under --data-root, or `all`)")
+    categories = list_categories(data.data_root) if data.category == "all" else [data.category]
+    if not categories:
+        if not Path(data.data_root).is_dir():
+            resolve_category_dir(data.data_root, None)  # raises the one-line "does not exist" error
+        raise DataError(f"no category folders (with train/good) found in {data.data_root}")
+    if settings.trainer.resume and len(categories) > 1:
+        raise ConfigError("--resume needs a single --category")
+    return [fit_category(settings, category) for category in categories]
+
+
+def resolve_input(source: InputSettings, train_images: Callable[[], list[Path]]) -> InputSettings:
+    """The input as trained: with ``keep_aspect``, the training images' median aspect ratio at about SIZE*SIZE
+    pixels (sides multiples of 16; ``train_images`` is only called then); tiles must fit in it."""
+    size = source.size
+    if source.keep_aspect:
+        if size[0] != size[1]:
+            raise DataError("--keep-aspect takes one --image-size (the side of a square of equal area), not H W")
+        aspect = median_aspect(train_images())
+        size = aspect_preserving_size(size[0], aspect)
+        log.info("--keep-aspect: median height/width of the training images %.3f -> input %dx%d (HxW)", aspect, *size)
+    tile = source.tile
+    if tile is not None and (tile[0] > size[0] or tile[1] > size[1]):
+        raise DataError(f"--tile-size {tile[0]}x{tile[1]} is larger than the input {size[0]}x{size[1]} (HxW)")
+    return dataclasses.replace(source, image_size=list(size))
+
+
+def resumed_model(path: Path, settings: ModelSettings) -> STFPM:
+    """A model with the architecture recorded in ``path`` and this run's optimizer; Lightning restores its weights
+    in ``fit``, so the teacher's are not loaded (nothing is downloaded)."""
+    resumed, ignored = checkpoint_format.settings(read_checkpoint(path)).resumed_with(settings)
+    if ignored:
+        log.warning("resuming %s: %s ignored, the checkpoint's networks are used", path, ", ".join(ignored))
+    return STFPM(resumed, load_teacher=False)
+
+
+def _model(settings: TrainSettings, category: str, resume: Path | None) -> STFPM:
+    if resume:
+        return resumed_model(resume, settings.model)
+    source = resolve_input(settings.model.input,
+                           lambda: scan_train(resolve_category_dir(settings.data.data_root, category)))
+    return STFPM(dataclasses.replace(settings.model, input=source))
+
+
+def _trainer(settings: TrainSettings, run: Run, loggers: list, has_val: bool) -> tuple[pl.Trainer, Any]:
+    t = settings.trainer
+    best, callbacks = checkpoint_callbacks(run.checkpoints, t.checkpoint_metric, has_val)
+    trainer = build_trainer(
+        settings.devices, TRAINING_DEVICES, max_epochs=t.epochs, max_steps=t.max_steps, max_time=t.max_time,
+        deterministic=True if t.deterministic else None, plugins=[AtomicCheckpointIO()], logger=loggers,
+        callbacks=[*callbacks, FirstInterruptStops()], log_every_n_steps=t.log_every_n_steps,
+        limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0,
+    )
+    return trainer, best
+
+
+def fit_category(settings: TrainSettings, category: str) -> FitResult:
+    """Fit one category; return its run and best checkpoint."""
+    t, data = settings.trainer, dataclasses.replace(settings.data, category=category)
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+    resume = Path(t.resume).expanduser() if t.resume else None
+    model = _model(settings, category, resume)
+    model.run_info = {"category": category, "data_root": str(Path(data.data_root).resolve())}
+    datamodule = MVTecDataModule(data, model.preprocessing(), t.seed)
+    version = Run.of_checkpoint(resume).version if resume and resume.parent.name == "checkpoints" else None
+    csv_logger = CSVLogger(t.output_dir, name=category, version=version)
+    run = Run(Path(csv_logger.log_dir))
+    # every training image checked once before anything starts; the full list is saved in the run folder
+    preflight = datamodule.preflight("fit", strict=data.strict, report_path=run.problems("train"))
+    has_val = data.val_fraction > 0
+    warning = model.few_validation_warning(preflight.counts.get("validation", 0))
+    if warning and has_val:
+        log.warning("%s", warning)
+        model.warned_few = True
+    datamodule.setup("fit")
+    tb_logger = TensorBoardLogger(t.output_dir, name=category, version=csv_logger.version, default_hp_metric=False)
+    if not has_val:
+        log.warning("--val-fraction 0: no validation images, so no best-model selection and no thresholds")
+    trainer, best = _trainer(settings, run, [csv_logger, tb_logger], has_val)
+    if trainer.is_global_zero:
+        _ = csv_logger.experiment  # create the run folder through the logger first, so it starts out empty
+        atomic_write_text(run.config, yaml.safe_dump(settings.run_config(category), sort_keys=False))
+        if preflight.problems:
+            preflight.save(run.problems("train"))
+    log.info("training %s -> %s", category, run.folder)
+    with warnings.catch_warnings():
+        # the teacher is in eval mode on purpose (frozen BatchNorm statistics); Lightning warns about any such module
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    if has_val:
+        _finish_inside_epoch(trainer, model, datamodule, run.last)
+    path = Path(best.best_model_path) if best.best_model_path else run.last
+    if trainer.is_global_zero:
+        _report(settings, category, path, best, has_val)
+    return FitResult(category, run, path)
+
+
+def _finish_inside_epoch(trainer: pl.Trainer, model: STFPM, datamodule: MVTecDataModule, last: Path) -> None:
+    """When training stopped inside an epoch (--max-steps, --max-time, Ctrl-C), no validation ran on the final
+    weights: run one, so that last.ckpt holds them with thresholds that match them."""
+    if trainer.global_step == 0 or model.validated_step == trainer.global_step:
+        return
+    log.info("training stopped inside an epoch (step %d): calibrating thresholds on the final weights", trainer.global_step)
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    trainer.save_checkpoint(last)
+
+
+def _report(settings: TrainSettings, category: str, path: Path, best: Any, has_val: bool) -> None:
+    """The run's outcome in a few lines (said again after the progress bars, where a warning may be lost)."""
+    state = checkpoint_format.upgrade(torch.load(path, map_location="cpu", weights_only=True))["state_dict"]
+    score = f"{float(best.best_model_score):.6g}" if best.best_model_score is not None else "n/a"
+    log.info("%s: best checkpoint %s (%s %s); calibrated thresholds: image %.6g, pixel %.6g", category, path,
+             settings.trainer.checkpoint_metric, score, float(state["model.image_threshold"]),
+             float(state["model.pixel_threshold"]))
+    reference = state.get("model.reference.reference")
+    if reference is not None and reference_is_uniform(reference) and has_val:
+        log.warning("%s: the map is left as it is (no reference normalization): the validation maps were of fewer "
+                    "than %d images' worth", category, MIN_REFERENCE_IMAGES)
