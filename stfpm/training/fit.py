@@ -147,7 +147,7 @@ def _trainer(settings: TrainSettings, run: Run, loggers: list, has_val: bool) ->
         settings.devices, TRAINING_DEVICES, max_epochs=t.epochs, max_steps=t.max_steps, max_time=t.max_time,
         deterministic=True if t.deterministic else None, plugins=[AtomicCheckpointIO()], logger=loggers,
         callbacks=[*callbacks, FirstInterruptStops()], log_every_n_steps=t.log_every_n_steps,
-        limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0,
+        limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0, check_val_every_n_epoch=t.val_every_n_epochs,
     )
     return trainer, best
 

@@ -25,6 +25,8 @@ class TrainerSettings(Section):
                                  kind=bool)
     output_dir: str = option("runs", "runs go to OUTPUT_DIR/<category>/version_N/", kind=str, path="folder")
     log_every_n_steps: int = option(10, "logging interval, in steps", kind=int, check=integer(1))
+    val_every_n_epochs: int = option(1, "validate (best checkpoint, thresholds) every N epochs; the final weights are "
+                                     "always validated, so last.ckpt's thresholds match them", kind=int, check=integer(1))
     resume: str | None = option(None, "checkpoint to resume training from (e.g. a run's last.ckpt)", kind=str,
                                 path="file")
     checkpoint_metric: str = option("val_loss", "best.ckpt has the lowest: val_loss (ours) or val_map_mean (mean "

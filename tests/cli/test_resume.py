@@ -131,6 +131,20 @@ def test_max_steps_inside_an_epoch_leaves_thresholds(tiny_data, tmp_path) -> Non
     _thresholds_match_final_weights(last)
 
 
+def test_validating_every_n_epochs_still_calibrates_the_final_weights(tiny_data, tmp_path) -> None:
+    """--val-every-n-epochs 2 over 3 epochs: validation runs after the second epoch only, then once on the final
+    weights, whose last.ckpt carries thresholds calibrated on them."""
+    import csv
+
+    assert train(_args(tiny_data, tmp_path, 3, "--val-every-n-epochs", "2")) == 0
+    run = tmp_path / "tiny" / "version_0"
+    with (run / "metrics.csv").open(newline="") as handle:
+        validated = [int(r["epoch"]) for r in csv.DictReader(handle) if r.get("val_loss")]
+    assert validated == [1, 3]  # after the second epoch (index 1), then on the final weights (after 3 epochs)
+    assert torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["global_step"] == 4
+    _thresholds_match_final_weights(run / "checkpoints" / "last.ckpt")
+
+
 def test_ctrl_c_stops_after_the_step_and_saves_a_usable_checkpoint(tiny_data, tmp_path) -> None:
     out = tmp_path / "runs"
     last = out / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
