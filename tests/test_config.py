@@ -13,7 +13,7 @@ from stfpm.cli.reference import reference
 from stfpm.core.errors import ConfigError
 from stfpm.core.options import config_values
 from stfpm.model.settings import MapSettings, ModelSettings
-from stfpm.training.fit import TrainSettings
+from stfpm.training.fitting import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -140,7 +140,7 @@ def test_score_levels_are_read_from_flags_and_files_alike() -> None:
 def test_model_settings_round_trip_through_a_checkpoint_record() -> None:
     settings = ModelSettings.of(backbone="resnet18", image_size=[64, 96], tile_size=64, map_sigma=2.0).resolved()
     assert ModelSettings.from_dict(yaml.safe_load(yaml.safe_dump(settings.as_dict()))) == settings
-    with pytest.raises(ConfigError, match="unknown model option 'lerning_rate'"):
+    with pytest.raises(ConfigError, match="unknown option 'lerning_rate'"):
         settings.replace(lerning_rate=0.1)
 
 

@@ -25,7 +25,7 @@ def commands() -> dict[str, Sequence[type[Section]]]:
     from stfpm.evaluation.settings import TestSettings
     from stfpm.inference.settings import DeviceSettings, EngineSettings, ExportSettings, PredictSettings, ThresholdSettings
     from stfpm.tools.settings import DownloadSettings
-    from stfpm.training.fit import TrainSettings
+    from stfpm.training.fitting import TrainSettings
 
     return {
         "train.py": TrainSettings.SECTIONS,

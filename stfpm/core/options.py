@@ -233,10 +233,11 @@ def command_parser(description: str, sections: Sequence[type[Section]]) -> Parse
         group = parser.add_argument_group(f"{cls.name} ({cls.about})")
         exclusive: dict[str, Any] = {}
         for field, spec in cls.specs():
-            if spec.flag:
-                target = group if spec.group is None else exclusive.setdefault(
-                    spec.group, group.add_mutually_exclusive_group())
-                _add_flag(target, field, spec)
+            if not spec.flag:
+                continue
+            if spec.group is not None and spec.group not in exclusive:
+                exclusive[spec.group] = group.add_mutually_exclusive_group()
+            _add_flag(group if spec.group is None else exclusive[spec.group], field, spec)
     return parser
 
 

@@ -194,7 +194,7 @@ class ModelSettings:
         for key, value in options.items():
             owner = next((s.name for s in self.SECTIONS if key in s.names()), None)
             if owner is None:
-                raise ConfigError(f"unknown model option {key!r}")
+                raise ConfigError(f"unknown option {key!r}")
             changes.setdefault(owner, {})[key] = value
         return dataclasses.replace(self, **{
             name: dataclasses.replace(getattr(self, name), **values) for name, values in changes.items()})

@@ -1,5 +1,5 @@
 """Training: ``fit(settings)`` trains one category (or every one) and writes its run folder."""
 
-from stfpm.training.fit import FitResult, TrainSettings, fit
+from stfpm.training.fitting import FitResult, TrainSettings, fit
 
 __all__ = ["FitResult", "TrainSettings", "fit"]

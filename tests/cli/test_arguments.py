@@ -104,3 +104,22 @@ def test_predict_rejects(trained_run, tmp_path, capsys, extra, needle) -> None:
         argv += ["--output", str(tmp_path / "out")]
     _check(capsys, predict_main, argv, needle)
     assert not list((tmp_path / "out").glob("*_mask.png")) if (tmp_path / "out").exists() else True
+
+
+@pytest.mark.parametrize("command", ["train", "test", "predict", "export", "download"])
+def test_every_command_has_a_help_page_naming_its_options(command, capsys) -> None:
+    import importlib
+
+    from stfpm.cli import commands
+
+    module = importlib.import_module(f"stfpm.cli.{command}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    name = {"train": "train.py", "test": "test.py", "predict": "predict.py"}.get(command, f"stfpm-{command}")
+    for cls in commands()[name]:
+        assert f"{cls.name} (" in text  # the section's heading
+        for field, spec in cls.specs():
+            if spec.flag:
+                assert f"--{field.name.replace('_', '-')}" in text

@@ -13,6 +13,7 @@ import yaml
 from conftest import TRAIN_ARGS
 from stfpm.cli import run
 from stfpm.cli.train import main as train_main
+from stfpm.core.errors import ConfigError
 from stfpm.data import MVTecDataModule, load_image
 from stfpm.data.settings import DataSettings
 from stfpm.inference.predictor import Predictor
@@ -251,8 +252,7 @@ def test_cosine_schedule_decays_the_lr_to_zero_over_the_run(tiny_data, tmp_path,
 
     import importlib
 
-    # the module, not the function `stfpm.training.fit` that the package re-exports under the same name
-    fit_module = importlib.import_module("stfpm.training.fit")
+    fit_module = importlib.import_module("stfpm.training.fitting")
     build = fit_module.build_trainer
 
     def with_recorder(*a, **k):
@@ -275,3 +275,23 @@ def test_cosine_schedule_decays_the_lr_to_zero_over_the_run(tiny_data, tmp_path,
     seen.clear()
     assert train_main([*args, "--epochs", "1", "--lr-schedule", "constant", "--output-dir", str(tmp_path / "c")]) == 0
     assert seen == [0.2, 0.2]
+
+
+def test_training_from_python_equals_train_py(tiny_data, tmp_path) -> None:
+    """fit(TrainSettings.of(...)) is train.py: the same run, weight for weight."""
+    from stfpm.training import TrainSettings, fit
+
+    assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path / "cli"),
+                       *TRAIN_ARGS]) == 0
+    settings = TrainSettings.of(
+        category="tiny", data_root=str(tiny_data), output_dir=str(tmp_path / "api"), backbone="resnet18",
+        teacher_weights="random", image_size=64, batch_size=4, epochs=2, num_workers=0, accelerator="cpu",
+        log_every_n_steps=1,
+    )
+    [result] = fit(settings)
+    assert result.category == "tiny" and result.best == result.run.checkpoints / "best.ckpt"
+    api = torch.load(result.best, map_location="cpu", weights_only=True)["state_dict"]
+    cli = torch.load(tmp_path / "cli" / "tiny" / "version_0" / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    assert api.keys() == cli.keys() and all(torch.equal(api[k], cli[k]) for k in api)
+    with pytest.raises(ConfigError, match="unknown option 'epochz'"):
+        TrainSettings.of(epochz=3)

@@ -165,3 +165,22 @@ def test_policy_fallback_fills_only_undefined_thresholds() -> None:
     same = ThresholdPolicy(0.5, 0.4).or_else(0.9, 0.1, "F1-optimal")
     assert same == ThresholdPolicy(0.5, 0.4)
     assert math.isnan(ThresholdPolicy(math.nan, 0.4).or_else(None, None, "F1-optimal").image)
+
+
+def test_folder_prediction_from_python_equals_predict_py(trained_run, folder, tmp_path) -> None:
+    """Predictor.predict_folder is predict.py's folder prediction: the same table, the same masks, and --resume."""
+    from stfpm.inference.predictor import Predictor
+
+    ckpt = str(trained_run["checkpoint"])
+    assert predict_main(["--checkpoint", ckpt, "--input", str(folder), "--output", str(tmp_path / "cli"),
+                         "--num-workers", "0", "--accelerator", "cpu", "--min-defect-area", "3"]) == 0
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu", min_defect_area=3)
+    summary = predictor.predict_folder(folder, tmp_path / "api", num_workers=0)
+    assert summary.images == summary.written == 6 and summary.policy == predictor.postprocessor.policy
+    assert _rows(tmp_path / "api") == _rows(tmp_path / "cli")
+    for mask in sorted((tmp_path / "cli").glob("*_mask.png")):
+        assert np.array_equal(np.asarray(Image.open(mask)), np.asarray(Image.open(tmp_path / "api" / mask.name)))
+    again = predictor.predict_folder(folder, tmp_path / "api", num_workers=0, resume=True)
+    assert again.images == 6 and again.written == 0  # nothing left to do
+    with pytest.raises(STFPMError, match="already exist"):
+        predictor.predict_folder(folder, tmp_path / "api", num_workers=0)

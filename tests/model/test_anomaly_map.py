@@ -286,8 +286,8 @@ def test_reference_thresholds_score_each_validation_image_without_itself(tiny_da
     the stored reference is the mean of all of them."""
     import importlib
 
-    # every module naming it (stfpm.training.fit by import: the package's `fit` is the function of that name)
-    for name in ("stfpm.model.reference", "stfpm.model.calibrate", "stfpm.model.lightning_model", "stfpm.training.fit"):
+    # every module naming it
+    for name in ("stfpm.model.reference", "stfpm.model.calibrate", "stfpm.model.lightning_model", "stfpm.training.fitting"):
         monkeypatch.setattr(importlib.import_module(name), "MIN_REFERENCE_IMAGES", 1)  # the tiny set: 2 validation images
     from conftest import TRAIN_ARGS
     from stfpm.cli.train import main as train_main

@@ -104,6 +104,8 @@ def fit(settings: TrainSettings) -> list[FitResult]:
         raise DataError(f"no category folders (with train/good) found in {data.data_root}")
     if settings.trainer.resume and len(categories) > 1:
         raise ConfigError("--resume needs a single --category")
+    for category in categories:  # every folder found before anything is built or downloaded
+        resolve_category_dir(data.data_root, category)
     return [fit_category(settings, category) for category in categories]
 
 
