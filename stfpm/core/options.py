@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
@@ -178,8 +179,6 @@ def duration() -> Check:
 
 def writable_folder(path: str | Path, flag: str) -> Path:
     """A folder we may create or write into; a one-line error when it is a file or not writable."""
-    import os
-
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{flag} {folder} exists and is not a folder")

@@ -1,5 +1,5 @@
-"""Inference: the shared engine of test.py and predict.py, the threshold policy, postprocessing, the in-process
-:class:`Predictor` and export.
+"""Running a trained model: the engine (a Trainer from typed device settings), the threshold policy,
+postprocessing, folder prediction (predict.py's work), the in-process :class:`Predictor`, and export.
 
 ``from stfpm.inference import Predictor`` is the importable API; it is loaded lazily, so the modules of this
 package can import each other without a cycle.
