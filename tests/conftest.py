@@ -44,3 +44,53 @@ def trained_run(tiny_data, tmp_path_factory) -> dict[str, Path]:
     assert main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(runs), *TRAIN_ARGS]) == 0
     run_dir = runs / "tiny" / "version_0"
     return {"runs": runs, "run_dir": run_dir, "checkpoint": run_dir / "checkpoints" / "best.ckpt", "data": tiny_data}
+
+
+FORMAT_1_OPTIONS = (
+    "backbone", "student_backbone", "layers", "teacher_weights", "image_size", "mean", "std", "lr", "momentum",
+    "weight_decay", "image_threshold_quantile", "pixel_threshold_quantile", "calibration", "map_fusion", "map_sigma",
+    "tile_size", "tile_overlap", "hard_fraction", "map_normalization", "lr_schedule", "augment", "score_fraction",
+    "student_init", "score_levels",
+)
+"""The hyperparameters a checkpoint of format 1 held, flat, under these names (the last version of that format)."""
+FORMAT_1_BUFFERS = {
+    "model.reference.level_scale": "model.anomaly_map.level_scale",
+    "model.reference.reference": "model.anomaly_map.reference",
+    "model.reference.score_reference": "model.anomaly_map.score_reference",
+    "model.image_threshold": "image_threshold",
+    "model.pixel_threshold": "pixel_threshold",
+}
+"""Where format 1 kept the fitted buffers: the map generator held the map's, the Lightning module the thresholds."""
+
+
+def as_format_1(checkpoint: dict) -> dict:
+    """A checkpoint of today's format written out as format 1 did: flat hyperparameters, the old buffer names and
+    ``format_version`` 1."""
+    import copy
+
+    old = copy.copy(checkpoint)
+    by_name = {name: value for section in checkpoint["hyper_parameters"].values() for name, value in section.items()}
+    old["hyper_parameters"] = {name: by_name[name] for name in FORMAT_1_OPTIONS}
+    old["hyper_parameters"]["mean"], old["hyper_parameters"]["std"] = tuple(by_name["mean"]), tuple(by_name["std"])
+    old["state_dict"] = {FORMAT_1_BUFFERS.get(k, k): v for k, v in checkpoint["state_dict"].items()}
+    old["stfpm"] = {**checkpoint["stfpm"], "format_version": 1}
+    return old
+
+
+@pytest.fixture(scope="session")
+def format_1(tiny_data, tmp_path_factory) -> dict[str, Path]:
+    """A run with every fitted buffer of the map (MobileNetV2 at 32 px, two levels, sum fusion, the image score from
+    the coarser level, the reference normalization asked for), its last.ckpt also written in format 1."""
+    import torch
+
+    from stfpm.cli.train import main
+
+    runs = tmp_path_factory.mktemp("format1")
+    args = ["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(runs), "--backbone", "mobilenet_v2",
+            "--layers", "features.3", "features.6", "--teacher-weights", "random", "--image-size", "32",
+            "--batch-size", "4", "--epochs", "1", "--num-workers", "0", "--accelerator", "cpu", "--map-fusion", "sum"]
+    assert main(args) == 0
+    current = runs / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    old = runs / "format1.ckpt"
+    torch.save(as_format_1(torch.load(current, map_location="cpu", weights_only=True)), old)
+    return {"current": current, "format_1": old}

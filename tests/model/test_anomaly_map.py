@@ -4,7 +4,6 @@ non-square inputs."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,10 +25,6 @@ from stfpm.model.calibrate import gumbel_threshold, held_out_maps, quantile_thre
 from stfpm.model.reference import ReferenceNormalizer
 from stfpm.model.settings import CalibrationSettings, MapSettings, ModelSettings
 from stfpm.model.torch_model import STFPMModel
-
-FORMAT_1_CHECKPOINT = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoint_format1.ckpt"
-"""A checkpoint written by the version before the refactor (format 1: flat hyperparameters, the map's buffers in
-the map generator)."""
 
 PLAIN_MAP = dict(map_fusion="product", map_sigma=0.0, map_normalization="none", score_fraction=0.0, score_levels="all")
 """The map options at the official recipe's values (the paper's map and score)."""
@@ -99,7 +94,7 @@ def test_sum_fusion_weighs_levels_by_their_validation_mean() -> None:
     assert torch.equal(product.reference.level_scale, torch.ones(3))  # the official fusion is never rescaled
 
 
-def test_level_scale_travels_in_the_state_dict_and_old_ones_load(tmp_path) -> None:
+def test_level_scale_travels_in_the_state_dict_and_old_ones_load(format_1, tmp_path) -> None:
     settings = ModelSettings.of(backbone="resnet18", teacher_weights=None, **{**PLAIN_MAP, "map_fusion": "sum",
                                                                               "map_sigma": 2.0})
     model = STFPMModel(settings)
@@ -112,7 +107,7 @@ def test_level_scale_travels_in_the_state_dict_and_old_ones_load(tmp_path) -> No
     # a checkpoint written before the buffer existed (and before --map-fusion: the official product) loads with 1s
     from stfpm.model.checkpoint import load_checkpoint
 
-    old = torch.load(FORMAT_1_CHECKPOINT, map_location="cpu", weights_only=True)
+    old = torch.load(format_1["format_1"], map_location="cpu", weights_only=True)
     assert old["stfpm"]["format_version"] == 1
     old["state_dict"] = {k: v for k, v in old["state_dict"].items() if "level_scale" not in k}
     old["hyper_parameters"] = {k: v for k, v in old["hyper_parameters"].items() if k != "map_fusion"}

@@ -1,6 +1,6 @@
-"""Checkpoints of earlier formats are upgraded by one migration: a checkpoint written by the version before the
-option sections (format 1, kept as a fixture) predicts exactly what it predicted then, resumes, and is refused
-when it comes from a newer format."""
+"""Checkpoints of earlier formats are upgraded by one migration: a checkpoint in the layout of the version before the
+option sections (format 1, conftest's ``format_1``) predicts exactly what the same weights predict in today's format,
+resumes, and a checkpoint of a newer format is refused."""
 
 from __future__ import annotations
 
@@ -19,28 +19,23 @@ from stfpm.core.errors import CheckpointError
 from stfpm.model import checkpoint_format
 from stfpm.model.checkpoint import load_checkpoint, read_checkpoint
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-FORMAT_1 = FIXTURES / "checkpoint_format1.ckpt"
-"""Written by the version before the option sections: MobileNetV2 (random teacher) at 32 px, levels features.3 and
-features.6, sum fusion, the reference normalization in use, the image score from the coarser level."""
-FORMAT_1_PREDICTIONS = FIXTURES / "checkpoint_format1_predictions.csv"
-"""predictions.csv that version's predict.py wrote with it for the test images of conftest's tiny category."""
-
 
 def _rows(path: Path) -> dict[str, dict[str, str]]:
     with path.open(newline="") as handle:
         return {row["path"]: row for row in csv.DictReader(handle)}
 
 
-def test_a_format_1_checkpoint_predicts_exactly_what_it_predicted_then(tiny_data, tmp_path) -> None:
-    out = tmp_path / "out"
-    argv = ["--checkpoint", str(FORMAT_1), "--input", str(tiny_data / "tiny" / "test"), "--output", str(out),
-            "--num-workers", "0", "--accelerator", "cpu"]
-    assert predict_main(argv) == 0
-    assert _rows(out / "predictions.csv") == _rows(FORMAT_1_PREDICTIONS)  # every score and decision, digit for digit
+def test_a_format_1_checkpoint_predicts_exactly_what_its_weights_predict_today(format_1, tiny_data, tmp_path) -> None:
+    for name in ("format_1", "current"):
+        argv = ["--checkpoint", str(format_1[name]), "--input", str(tiny_data / "tiny" / "test"), "--output",
+                str(tmp_path / name), "--num-workers", "0", "--accelerator", "cpu"]
+        assert predict_main(argv) == 0
+    # every score and decision, digit for digit
+    assert _rows(tmp_path / "format_1" / "predictions.csv") == _rows(tmp_path / "current" / "predictions.csv")
 
 
-def test_the_migration_nests_the_options_and_moves_the_fitted_buffers() -> None:
+def test_the_migration_nests_the_options_and_moves_the_fitted_buffers(format_1) -> None:
+    FORMAT_1 = format_1["format_1"]
     raw = torch.load(FORMAT_1, map_location="cpu", weights_only=True)
     assert raw[checkpoint_format.KEY]["format_version"] == 1 and "map_fusion" in raw["hyper_parameters"]
     upgraded = read_checkpoint(FORMAT_1)
@@ -58,7 +53,8 @@ def test_the_migration_nests_the_options_and_moves_the_fitted_buffers() -> None:
     for old, new in moved.items():
         assert old not in state and torch.equal(state[new], raw["state_dict"][old])
     model = load_checkpoint(FORMAT_1)
-    assert model.model.reference.in_use and model.settings.map.map_fusion == "sum"
+    assert model.model.reference.enabled and model.settings.map.map_fusion == "sum"
+    assert not torch.equal(model.model.reference.level_scale, torch.ones(2))  # fitted, and carried over
     assert model.thresholds == (float(raw["state_dict"]["image_threshold"]), float(raw["state_dict"]["pixel_threshold"]))
     again = checkpoint_format.upgrade(read_checkpoint(FORMAT_1))  # idempotent
     assert again["hyper_parameters"] == upgraded["hyper_parameters"] and again[checkpoint_format.KEY] == upgraded[
@@ -66,7 +62,8 @@ def test_the_migration_nests_the_options_and_moves_the_fitted_buffers() -> None:
     assert again["state_dict"].keys() == state.keys() and all(torch.equal(again["state_dict"][k], state[k]) for k in state)
 
 
-def test_a_format_1_checkpoint_resumes_and_the_run_continues_in_the_current_format(tiny_data, tmp_path) -> None:
+def test_a_format_1_checkpoint_resumes_and_the_run_continues_in_the_current_format(format_1, tiny_data, tmp_path) -> None:
+    FORMAT_1 = format_1["format_1"]
     runs = tmp_path / "runs"
     start = runs / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     start.parent.mkdir(parents=True)
@@ -79,8 +76,8 @@ def test_a_format_1_checkpoint_resumes_and_the_run_continues_in_the_current_form
     assert load_checkpoint(start).settings.networks.backbone == "mobilenet_v2"  # the checkpoint's, not the flags'
 
 
-def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line(tiny_data, tmp_path, capsys) -> None:
-    newer = torch.load(FORMAT_1, map_location="cpu", weights_only=True)
+def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line(format_1, tiny_data, tmp_path, capsys) -> None:
+    newer = torch.load(format_1["current"], map_location="cpu", weights_only=True)
     newer[checkpoint_format.KEY]["format_version"] = checkpoint_format.FORMAT_VERSION + 1
     path = tmp_path / "newer.ckpt"
     torch.save(newer, path)

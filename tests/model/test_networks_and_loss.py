@@ -19,8 +19,6 @@ from stfpm.model.settings import ModelSettings, OptimizerSettings
 from stfpm.model.torch_model import STFPMModel
 
 REPO = Path(__file__).resolve().parents[2]
-FORMAT_1_CHECKPOINT = REPO / "tests" / "fixtures" / "checkpoint_format1.ckpt"
-"""A checkpoint written by the version before the refactor (format 1: flat hyperparameters)."""
 OFFICIAL_RECIPE = REPO / "stfpm" / "configs" / "official.yaml"
 
 
@@ -245,7 +243,7 @@ ADDED_OPTIONS = ("map_fusion", "map_sigma", "map_normalization", "score_fraction
 """Options beyond the paper, added after the first checkpoints were written: an old checkpoint may lack them."""
 
 
-def test_checkpoints_older_than_an_option_load_with_the_paper_value(tmp_path) -> None:
+def test_checkpoints_older_than_an_option_load_with_the_paper_value(format_1, tmp_path) -> None:
     """A checkpoint written before an option existed was trained without it: it must not pick up today's default,
     but the value of the paper's recipe (configs/official.yaml)."""
     import yaml
@@ -255,7 +253,7 @@ def test_checkpoints_older_than_an_option_load_with_the_paper_value(tmp_path) ->
     recipe = {name: value for section in yaml.safe_load(OFFICIAL_RECIPE.read_text()).values()
               for name, value in section.items()}
     paper_values = {option: recipe[option] for option in ADDED_OPTIONS}
-    saved = torch.load(FORMAT_1_CHECKPOINT, map_location="cpu", weights_only=True)
+    saved = torch.load(format_1["format_1"], map_location="cpu", weights_only=True)
     assert saved["stfpm"]["format_version"] == 1 and set(ADDED_OPTIONS) <= set(saved["hyper_parameters"])
     saved["state_dict"] = {k: v for k, v in saved["state_dict"].items() if "reference" not in k}
     written = {}
