@@ -110,8 +110,8 @@ class Predictor:
         on_gpu = self.device.type == "cuda"
         devices = DeviceSettings(accelerator="gpu" if on_gpu else self.device.type,
                                  devices=[self.device.index or 0] if on_gpu else 1, precision=self.precision)
-        settings = PredictSettings(input=str(input), output=str(output),
-                                   min_defect_area=self.postprocessor.min_defect_area, **options)
+        settings = PredictSettings(**{"min_defect_area": self.postprocessor.min_defect_area, **options,
+                                      "input": str(input), "output": str(output)})
         return predict_folder(settings, EngineSettings(**engine_options), devices, self.thresholds, self.model)
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> Prediction | list[Prediction]:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from stfpm.core.errors import ConfigError
 from stfpm.core.options import Section, number, option, sizes
 from stfpm.data.augment import AUGMENTATIONS
-from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, as_hw
+from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, as_hw, size_record
 from stfpm.model.anomaly_map import FUSIONS, SCORE_LEVELS, resolve_score_levels
 from stfpm.model.backbones import PRESETS, resolve_layers
 from stfpm.model.calibrate import CALIBRATIONS
@@ -29,8 +29,8 @@ STUDENT_INITS = ("random", "teacher")
 def _size(value: Any) -> Any:
     """S, [S] or [S, S] -> S; [H, W] -> [H, W] (how sizes are recorded); anything else is left to the check."""
     values = list(value) if isinstance(value, (list, tuple)) else [value]
-    if len(values) in (1, 2) and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return values[0] if values[0] == values[-1] else values
+    if len(values) in (1, 2) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+        return size_record(as_hw(values))
     return value
 
 
