@@ -40,7 +40,7 @@ from stfpm.inference.postprocess import resize_map
 from stfpm.model.anomaly_map import SCORE_LEVELS, AnomalyMap, resolve_score_levels
 from stfpm.model.checkpoint import load_checkpoint
 from stfpm.model.reference import NORMALIZATIONS, ReferenceNormalizer
-from stfpm.model.settings import CalibrationSettings, MapSettings
+from stfpm.model.settings import MapSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = "weights/mobilenet_v2_imagenet_dequant.pth"
@@ -73,7 +73,7 @@ RECIPES: dict[str, list[str]] = {
 }
 FUSION = ("product", "sum")
 SIGMAS = (0.0, 2.0, 4.0)
-CALIBRATIONS = ("empirical", "gumbel")
+CALIBRATIONS = {"empirical": "none", "gumbel": "gumbel"}  # the image threshold beyond the validation scores: --tail
 SCORE_FRACTIONS = (0.0,)
 FIGURES = (
     "image_auroc", "pixel_auroc", "pixel_aupro", "image_tpr_at_threshold", "image_fpr_at_threshold",
@@ -173,8 +173,8 @@ def with_map(model, levels: int, map_settings: MapSettings, calibration: str) ->
     net = model.model
     net.anomaly_map = AnomalyMap(map_settings, levels, net.tiler)
     net.reference = ReferenceNormalizer(levels, map_settings.map_normalization, net.size, net.anomaly_map.separate_score)
-    net.settings = dataclasses.replace(net.settings, map=map_settings, calibration=CalibrationSettings(
-        net.settings.calibration.image_threshold_quantile, net.settings.calibration.pixel_threshold_quantile, calibration))
+    net.settings = dataclasses.replace(net.settings, map=map_settings, calibration=dataclasses.replace(
+        net.settings.calibration, tail=CALIBRATIONS[calibration]))
     model.settings = net.settings
 
 

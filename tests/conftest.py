@@ -14,7 +14,10 @@ TINY = dict(image_size=64, n_train=10, n_test_good=4, n_test_per_defect=2)
 TRAIN_ARGS = [
     "--backbone", "resnet18", "--teacher-weights", "random", "--image-size", "64", "--batch-size", "4",
     "--epochs", "2", "--num-workers", "0", "--accelerator", "cpu", "--log-every-n-steps", "1",
+    "--calibration", "holdout", "--min-steps", "0",
 ]
+"""Tiny, fast training runs of exactly --epochs; thresholds from the validation split (the cross-fit tests ask for
+theirs)."""
 
 
 @pytest.fixture(scope="session")
@@ -66,14 +69,36 @@ FORMAT_1_BUFFERS = {
 def as_format_1(checkpoint: dict) -> dict:
     """A checkpoint of today's format written out as format 1 did: flat hyperparameters, the old buffer names and
     ``format_version`` 1."""
+
+    old = as_format_2(checkpoint)
+    by_name = {name: value for section in old["hyper_parameters"].values() for name, value in section.items()}
+    old["hyper_parameters"] = {name: by_name[name] for name in FORMAT_1_OPTIONS}
+    old["hyper_parameters"]["mean"], old["hyper_parameters"]["std"] = tuple(by_name["mean"]), tuple(by_name["std"])
+    old["state_dict"] = {FORMAT_1_BUFFERS.get(k, k): v for k, v in old["state_dict"].items()}
+    old["stfpm"] = {**old["stfpm"], "format_version": 1}
+    return old
+
+
+FORMAT_3_BUFFERS = ("model.image_threshold_promise", "model.image_threshold_support")
+"""The buffers format 3 added: the image threshold's promise and support."""
+
+
+def as_format_2(checkpoint: dict) -> dict:
+    """A checkpoint of today's format written out as format 2 did: the calibration section with
+    ``image_threshold_quantile`` (1 - the target) and ``calibration`` naming the tail model, no promise."""
     import copy
 
     old = copy.copy(checkpoint)
-    by_name = {name: value for section in checkpoint["hyper_parameters"].values() for name, value in section.items()}
-    old["hyper_parameters"] = {name: by_name[name] for name in FORMAT_1_OPTIONS}
-    old["hyper_parameters"]["mean"], old["hyper_parameters"]["std"] = tuple(by_name["mean"]), tuple(by_name["std"])
-    old["state_dict"] = {FORMAT_1_BUFFERS.get(k, k): v for k, v in checkpoint["state_dict"].items()}
-    old["stfpm"] = {**checkpoint["stfpm"], "format_version": 1}
+    hyper = {name: dict(section) for name, section in checkpoint["hyper_parameters"].items()}
+    calibration = hyper["calibration"]
+    hyper["calibration"] = {
+        "image_threshold_quantile": 1.0 - calibration["target_false_alarms"],
+        "pixel_threshold_quantile": calibration["pixel_threshold_quantile"],
+        "calibration": "gumbel" if calibration["tail"] == "gumbel" else "empirical",
+    }
+    old["hyper_parameters"] = hyper
+    old["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in FORMAT_3_BUFFERS}
+    old["stfpm"] = {k: v for k, v in checkpoint["stfpm"].items() if k != "calibration_scores"} | {"format_version": 2}
     return old
 
 
@@ -88,7 +113,8 @@ def format_1(tiny_data, tmp_path_factory) -> dict[str, Path]:
     runs = tmp_path_factory.mktemp("format1")
     args = ["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(runs), "--backbone", "mobilenet_v2",
             "--layers", "features.3", "features.6", "--teacher-weights", "random", "--image-size", "32",
-            "--batch-size", "4", "--epochs", "1", "--num-workers", "0", "--accelerator", "cpu", "--map-fusion", "sum"]
+            "--batch-size", "4", "--epochs", "1", "--num-workers", "0", "--accelerator", "cpu", "--map-fusion", "sum",
+            "--calibration", "holdout", "--min-steps", "0"]
     assert main(args) == 0
     current = runs / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     old = runs / "format1.ckpt"

@@ -4,6 +4,7 @@
 
     <runs>/<category>/version_<N>/
         checkpoints/best.ckpt, checkpoints/last.ckpt
+        cross_fit/fold-<k>-of-<K>.pt      (the out-of-sample maps of a finished fold, --calibration cross-fit)
         config.yaml, metrics.csv, TensorBoard events, data_problems_train.json     (train.py)
         results.json/.csv/.md, data_problems_test.json, images/                     (test.py)
 """
@@ -53,6 +54,10 @@ class Run:
     @property
     def config(self) -> Path:
         return self.folder / "config.yaml"
+
+    def fold_maps(self, fold: int, count: int) -> Path:
+        """Where cross-fitting keeps the out-of-sample maps of fold ``fold`` of ``count`` once it is finished."""
+        return self.folder / "cross_fit" / f"fold-{fold}-of-{count}.pt"
 
     def problems(self, stage: str) -> Path:
         """Where the data pre-flight of ``stage`` (train, test) saves its full list."""

@@ -107,6 +107,12 @@ class Section:
     def as_dict(self) -> dict[str, Any]:
         return {name: plain(getattr(self, name)) for name in self.names()}
 
+    @classmethod
+    def earlier(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` (option name -> value, from a file or a checkpoint) with the names and values of earlier
+        versions translated to this one's; a section whose options were renamed overrides this."""
+        return dict(values)
+
     def check_paths(self) -> None:
         """The file-system checks of path options (before any work starts; not done for recorded settings)."""
         for field, spec in self.specs():
@@ -288,6 +294,9 @@ def config_values(
         section = str(key).replace("-", "_")
         if not isinstance(options, dict):
             raise ConfigError(f"{source}: {key!r} is not a section (options go in sections: {', '.join(own)}, ...)")
+        for cls in sections:
+            if cls.name == section or (legacy and section in LEGACY_SECTIONS):
+                options = cls.earlier({str(k).replace("-", "_"): v for k, v in options.items()})
         if section not in own and section not in known and section not in LEGACY_SECTIONS:
             raise ConfigError(f"unknown section {key!r} in {source}")
         if section not in own and not (legacy and section in LEGACY_SECTIONS):

@@ -60,8 +60,12 @@ class EpochRandomSampler(RandomSampler):
 class MVTecDataModule(pl.LightningDataModule):
     """Train/val loaders from ``train/good`` and a test loader with masks for one category."""
 
-    def __init__(self, settings: DataSettings, transform: ImageTransform, seed: int) -> None:
+    def __init__(self, settings: DataSettings, transform: ImageTransform, seed: int,
+                 split: tuple[list[Path], list[Path]] | None = None) -> None:
+        """``split``: the (training, validation) images, instead of the seeded ``val_fraction`` split of
+        ``train/good`` (cross-fitting gives each student its folds)."""
         super().__init__()
+        self.split = split
         self.settings = settings
         self.data_root = Path(settings.data_root)
         self.category = settings.category
@@ -95,6 +99,10 @@ class MVTecDataModule(pl.LightningDataModule):
     def test_samples(self) -> list[TestSample]:
         """Test samples, requiring a non-empty test split."""
         return self._get_test(require=True)
+
+    def good_images(self) -> list[Path]:
+        """The good training images of ``train/good`` (after :meth:`preflight`, those it found readable)."""
+        return list(self._get_train_images())
 
     def _get_train_images(self) -> list[Path]:
         if self._train_images is None:
@@ -142,7 +150,8 @@ class MVTecDataModule(pl.LightningDataModule):
     def _setup_fit(self) -> None:
         if self.train_dataset is not None:
             return
-        self.train_paths, self.val_paths = split_train_val(self._get_train_images(), self.settings.val_fraction, self.seed)
+        self.train_paths, self.val_paths = self.split or split_train_val(
+            self._get_train_images(), self.settings.val_fraction, self.seed)
         self.train_dataset = ImageFolderDataset(self.train_paths, self.transform)
         self.val_dataset = ImageFolderDataset(self.val_paths, self.transform)
         logger.info(

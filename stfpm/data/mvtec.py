@@ -264,6 +264,18 @@ def split_train_val(
     return train, val
 
 
+def split_folds(paths: Sequence[Path], count: int, seed: int = 0) -> list[list[Path]]:
+    """``paths`` in ``count`` disjoint, seeded folds of (nearly) equal size, each sorted; like
+    :func:`split_train_val`, they depend only on the file names and the seed."""
+    if count < 2 or len(paths) < count:
+        raise DataError(f"cross-fitting in {count} folds needs at least {max(count, 2)} good training images, found "
+                        f"{len(paths)} (lower --folds, or --calibration holdout)")
+    ordered = sorted(paths)
+    order = list(range(len(ordered)))
+    random.Random(seed).shuffle(order)
+    return [sorted(ordered[i] for i in order[k::count]) for k in range(count)]
+
+
 # --------------------------------------------------------------------------------------------- datasets
 
 

@@ -21,6 +21,7 @@ from stfpm.evaluation.settings import TestSettings
 from stfpm.inference.postprocess import binary_mask
 from stfpm.inference.settings import DeviceSettings, EngineSettings, ThresholdSettings
 from stfpm.inference.thresholding import ThresholdPolicy
+from stfpm.model.calibrate import supported_rate
 from stfpm.model.checkpoint import load_checkpoint
 from stfpm.reporting.panels import save_image_panels, save_roc_curves, save_score_histogram
 from stfpm.reporting.tables import write_category_results, write_summary
@@ -75,11 +76,14 @@ class Evaluation:
         pred, reporter = predict_test_split(model, datamodule, self.devices)
         if not reporter:  # under several processes, the first one reports
             return {}
+        support = int(model.model.image_threshold_support)
         results = {
             "category": category,
             **compute_metrics(pred, self.settings.fpr_limit, policy.image, policy.pixel),
             "calibrated_image_threshold": model.thresholds[0],
             "calibrated_pixel_threshold": model.thresholds[1],
+            **model.model.promise,
+            "image_threshold_supported_rate": supported_rate(support) if support else math.nan,
             **policy.as_dict(),
             "checkpoint": str(checkpoint),
             "data_root": str(data_root),

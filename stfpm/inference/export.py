@@ -61,6 +61,7 @@ def metadata(model: STFPM, fmt: str, policy: ThresholdPolicy | None = None) -> d
         "tiling": "inside the network: feed the whole resized image" if tiled else None,
         "reference_normalization_in_use": model.model.reference.in_use,
         **policy.as_dict(),
+        **model.model.promise,
         "settings": {name: section for name, section in model.settings.as_dict().items() if name != "optimizer"},
         "category": model.run_info.get("category"),
     }

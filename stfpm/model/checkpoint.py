@@ -69,5 +69,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         reason = one_line(exc, first_line=True, limit=200)
         raise CheckpointError(f"checkpoint {path} does not match its recorded architecture: {reason}") from exc
     model.run_info = checkpoint_format.run_info(checkpoint)
+    model.calibration_scores = checkpoint_format.calibration_scores(checkpoint)
     model.checkpoint_path = str(path)  # type: ignore[assignment]  # a plain attribute, for messages
     return model.to(map_location).eval()

@@ -8,6 +8,7 @@ for test.py and predict.py, and ``--resume`` (Lightning calls ``on_load_checkpoi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,24 @@ import yaml
 
 from stfpm import __version__
 from stfpm.core.errors import CheckpointError
-from stfpm.model.settings import ModelSettings
+from stfpm.model.settings import CalibrationSettings, ModelSettings
 
 KEY = "stfpm"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 RUN_FIELDS = ("category", "data_root")
 OFFICIAL_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "official.yaml"
 
 
-def stamp(checkpoint: dict[str, Any], run_info: dict[str, str]) -> None:
-    """Mark a checkpoint being saved as ours, of the current format, with its run."""
-    checkpoint[KEY] = {"format_version": FORMAT_VERSION, "package_version": __version__, **run_info}
+def stamp(checkpoint: dict[str, Any], run_info: dict[str, str], calibration_scores: list[float]) -> None:
+    """Mark a checkpoint being saved as ours, of the current format, with its run and the out-of-sample good image
+    scores its image threshold rests on."""
+    checkpoint[KEY] = {"format_version": FORMAT_VERSION, "package_version": __version__, **run_info,
+                       "calibration_scores": list(calibration_scores)}
+
+
+def calibration_scores(checkpoint: dict[str, Any]) -> list[float]:
+    """The out-of-sample good image scores a checkpoint's image threshold rests on (none before format 3)."""
+    return [float(v) for v in checkpoint.get(KEY, {}).get("calibration_scores", [])]
 
 
 def require_ours(checkpoint: Any, path: Path) -> None:
@@ -67,6 +75,8 @@ def _from_format_1(checkpoint: dict[str, Any]) -> None:
     so the model was trained and calibrated with its value in the paper's recipe. The map's fitted buffers lived in
     the map generator, the thresholds in the Lightning module."""
     flat = dict(checkpoint["hyper_parameters"])
+    for section in ModelSettings.SECTIONS:
+        flat = {**flat, **section.earlier(flat)}
     recipe = {k: v for section in yaml.safe_load(OFFICIAL_RECIPE.read_text()).values() for k, v in section.items()}
     nested: dict[str, dict[str, Any]] = {}
     for section in ModelSettings.SECTIONS:
@@ -86,4 +96,16 @@ def _from_format_1(checkpoint: dict[str, Any]) -> None:
         state["model.reference.reference"] = torch.ones(1, 1, *ModelSettings.from_dict(nested).input.size)
 
 
-_STEPS: dict[int, Callable[[dict[str, Any]], None]] = {1: _from_format_1}
+def _from_format_2(checkpoint: dict[str, Any]) -> None:
+    """Format 2: the image threshold was the ``image_threshold_quantile`` of the validation split's scores, read off
+    them or from a Gumbel law (``calibration``), and no promise was recorded (NaN: unknown)."""
+    hyper = checkpoint["hyper_parameters"]
+    section = CalibrationSettings.earlier(hyper.get("calibration", {}))
+    section.setdefault("calibration", "holdout")
+    hyper["calibration"] = section
+    state = checkpoint["state_dict"]
+    state.setdefault("model.image_threshold_promise", torch.tensor(math.nan))
+    state.setdefault("model.image_threshold_support", torch.tensor(0))
+
+
+_STEPS: dict[int, Callable[[dict[str, Any]], None]] = {1: _from_format_1, 2: _from_format_2}

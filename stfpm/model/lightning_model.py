@@ -38,6 +38,8 @@ class STFPM(pl.LightningModule):
         self.settings = self.model.settings  # resolved: `coarser` -> [1, 2], the student's backbone and layers
         self.save_hyperparameters(self.settings.as_dict())
         self.run_info: dict[str, str] = {}  # category and data root, recorded in checkpoints
+        self.calibration_scores: list[float] = []  # the out-of-sample good scores the image threshold rests on
+        self.validation_levels: list[Tensor] | None = None  # the last validation's level maps (every process's)
         # per validation batch: the per-level maps at their own resolution, and the images' dataset indices
         self._val_levels: list[tuple[list[Tensor], Tensor]] = []
         self.warned_few = False  # the few-validation-images warning was given
@@ -70,6 +72,7 @@ class STFPM(pl.LightningModule):
         self._val_levels.clear()
         if levels is None or self.trainer.sanity_checking:
             return
+        self.validation_levels = [level.cpu() for level in levels]
         image_thr, pixel_thr, map_mean = self.calibrate_on(levels)
         self.validated_step = self.global_step
         # val_map_mean: the official code's model-selection criterion (lowest mean validation anomaly map)
@@ -78,10 +81,12 @@ class STFPM(pl.LightningModule):
         )
 
     @torch.no_grad()
-    def calibrate_on(self, levels: list[Tensor], chunk: int = 64) -> tuple[float, float, float]:
-        """The calibration step on the level maps of normal validation images, with its warnings (once each);
-        returns the image and pixel thresholds and the mean validation map."""
+    def calibrate_on(self, levels: list[Tensor], chunk: int = 64, source: str = "validation images"
+                     ) -> tuple[float, float, float]:
+        """The calibration step on the level maps of out-of-sample good images (``source`` names them), with its
+        warnings (once each); returns the image and pixel thresholds and the mean of their maps."""
         result = calibrate(self.model, levels, chunk)
+        self.calibration_scores = result.scores
         if result.dominated and not self.warned_dominated:
             self.warned_dominated = True
             log.warning(
@@ -89,15 +94,15 @@ class STFPM(pl.LightningModule):
                 "reference normalization needs %d, so the map is left as it is (--map-normalization none)",
                 result.images, result.reference_image_count, MIN_REFERENCE_IMAGES,
             )
-        warning = self.few_validation_warning(result.images)
+        warning = self.few_validation_warning(result.images, source)
         if warning and not self.warned_few:
             self.warned_few = True
             log.warning("%s", warning)
-        return result.image_threshold, result.pixel_threshold, result.map_mean
+        return result.image.value, result.pixel_threshold, result.map_mean
 
-    def few_validation_warning(self, count: int) -> str | None:
-        """What ``count`` validation images are too few for, or None."""
-        return few_images_warning(count, self.model)
+    def few_validation_warning(self, count: int, source: str = "validation images") -> str | None:
+        """What ``count`` out-of-sample good images are too few for, or None."""
+        return few_images_warning(count, self.model, source)
 
     def _collect_validation(self) -> list[Tensor] | None:
         """This epoch's per-level validation maps [N,1,h,w], gathered from every process under DDP.
@@ -169,13 +174,14 @@ class STFPM(pl.LightningModule):
                     group["lr"] = base * factor(scheduler.last_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint_format.stamp(checkpoint, self.run_info)
+        checkpoint_format.stamp(checkpoint, self.run_info, self.calibration_scores)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Upgrade a checkpoint of an earlier format in place (Lightning calls this before loading its weights, so
         --resume takes them too) and read its run record."""
         checkpoint_format.upgrade(checkpoint)
         self.run_info = checkpoint_format.run_info(checkpoint)
+        self.calibration_scores = checkpoint_format.calibration_scores(checkpoint)
 
     def preprocessing(self) -> ImageTransform:
         """The preprocessing this model was trained with (the data module's, predict.py's and the export's)."""

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from stfpm.core.errors import ConfigError
-from stfpm.core.options import Section, number, option, sizes
+from stfpm.core.options import Section, integer, number, option, sizes
 from stfpm.data.augment import AUGMENTATIONS
 from stfpm.data.io import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, as_hw, size_record
 from stfpm.model.anomaly_map import FUSIONS, SCORE_LEVELS, resolve_score_levels
 from stfpm.model.backbones import PRESETS, resolve_layers
-from stfpm.model.calibrate import CALIBRATIONS
+from stfpm.model.calibrate import CALIBRATIONS, TAILS
 from stfpm.model.reference import NORMALIZATIONS
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -128,14 +128,36 @@ class MapSettings(Section):
 @dataclass(frozen=True)
 class CalibrationSettings(Section):
     name = "calibration"
-    about = "train.py: decision thresholds from the validation normals"
+    about = "train.py: decision thresholds from out-of-sample good images"
 
-    image_threshold_quantile: float = option(0.99, "image threshold: this quantile of the validation image scores",
-                                             kind=float, check=number(0, 1, low_open=True))
-    pixel_threshold_quantile: float = option(0.999, "pixel threshold: this quantile of the validation map pixels",
-                                             kind=float, check=number(0, 1, low_open=True))
-    calibration: str = option("empirical", "image threshold: the empirical quantile of validation scores, or the "
-                              "quantile of a fitted Gumbel law (few validation images)", choices=CALIBRATIONS)
+    target_false_alarms: float = option(
+        0.01, "share of good parts the image threshold is set to flag; n out-of-sample good scores support at best "
+        "1/(n+1), below which --tail decides", kind=float, check=number(0, 1, low_open=True, high_open=True))
+    pixel_threshold_quantile: float = option(0.999, "pixel threshold: this quantile of the out-of-sample good maps' "
+                                             "pixels", kind=float, check=number(0, 1, low_open=True))
+    calibration: str = option(
+        "auto", "where the out-of-sample good scores come from: holdout (the --val-fraction split), cross-fit (every "
+        "training image, scored by one of --folds students trained without it; the shipped student trains on all of "
+        "them), auto (cross-fit when the validation split cannot support --target-false-alarms)", choices=CALIBRATIONS)
+    folds: int = option(5, "students trained for --calibration cross-fit (each without one fold)", kind=int,
+                        check=integer(2, 20))
+    tail: str = option("none", "beyond the highest out-of-sample score: none (the promise is what the scores "
+                       "support), or the quantile of a fitted gumbel law (all scores) or pareto law (their upper "
+                       "half)", choices=TAILS)
+
+    @classmethod
+    def earlier(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Values under the names of earlier versions translated: ``image_threshold_quantile`` q is a target of
+        1 - q, and ``calibration`` ``empirical``/``gumbel`` was the tail model of the validation split."""
+        values = dict(values)
+        if "image_threshold_quantile" in values:
+            quantile = values.pop("image_threshold_quantile")
+            values.setdefault("target_false_alarms", round(1.0 - quantile, 12) if isinstance(quantile, (int, float))
+                              else quantile)
+        if values.get("calibration") in ("empirical", "gumbel"):
+            values.setdefault("tail", "none" if values["calibration"] == "empirical" else "gumbel")
+            values["calibration"] = "holdout"
+        return values
 
 
 @dataclass(frozen=True)

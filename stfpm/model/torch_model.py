@@ -57,6 +57,11 @@ class STFPMModel(nn.Module):
         self.pixel_threshold: Tensor
         self.register_buffer("image_threshold", torch.tensor(math.nan))
         self.register_buffer("pixel_threshold", torch.tensor(math.nan))
+        # the share of good parts the image threshold was set to flag, and how many out-of-sample scores it rests on
+        self.image_threshold_promise: Tensor
+        self.image_threshold_support: Tensor
+        self.register_buffer("image_threshold_promise", torch.tensor(math.nan, dtype=torch.float64))
+        self.register_buffer("image_threshold_support", torch.tensor(0))
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Teacher features (no gradient) and student features (projected to the teacher's channels).
@@ -76,6 +81,12 @@ class STFPMModel(nn.Module):
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Anomaly maps [B,1,H,W] at the input resolution and image scores [B]."""
         return self.anomaly_map(self.layer_maps(images), (images.shape[-2], images.shape[-1]), self.reference)
+
+    @property
+    def promise(self) -> dict[str, float | int]:
+        """The image threshold's promise and support, as results and exports state them (NaN, 0: not recorded)."""
+        return {"image_threshold_promise": float(self.image_threshold_promise),
+                "image_threshold_support": int(self.image_threshold_support)}
 
     @property
     def thresholds(self) -> tuple[float, float]:

@@ -72,6 +72,18 @@ def _csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return buffer.getvalue()
 
 
+def promise_line(results: dict[str, Any]) -> str | None:
+    """What the calibrated image threshold promises and what it rests on, in a sentence (None when not recorded)."""
+    promise, support = results.get("image_threshold_promise"), results.get("image_threshold_support") or 0
+    if not support or promise is None or not math.isfinite(promise):
+        return None
+    floor = 1.0 / (support + 1)
+    how = ("extrapolated by its tail model" if promise < floor - 1e-12
+           else f"n scores support at best 1/(n+1) = {100 * floor:.2g}%")
+    return (f"The calibrated image threshold was set to flag {100 * promise:.2g}% of good parts, from {support} "
+            f"out-of-sample good images ({how}).")
+
+
 def write_category_results(results: dict[str, Any], out_dir: Path) -> str:
     """results.json, results.csv and results.md of one category; returns the Markdown table."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +98,8 @@ def write_category_results(results: dict[str, Any], out_dir: Path) -> str:
         f"(image {fmt(results.get('image_threshold', results.get('calibrated_image_threshold')), 6)}, "
         f"pixel {fmt(results.get('pixel_threshold', results.get('calibrated_pixel_threshold')), 6)}):\n\n"
     )
+    promise = promise_line(results)
+    thresholds = f"{promise}\n\n{thresholds}" if promise else thresholds
     atomic_write_text(out_dir / "results.md", f"# {results['category']}\n\n{table}\n{thresholds}{operating}")
     return f"{table}\n{thresholds}{operating}"
 

@@ -23,6 +23,7 @@ class FirstInterruptStops(Callback):
     def __init__(self) -> None:
         self._previous: Any = None
         self._installed = False
+        self.pressed = False  # training was stopped by a Ctrl-C
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or trainer.world_size > 1 or threading.current_thread() is not threading.main_thread():
@@ -36,7 +37,7 @@ class FirstInterruptStops(Callback):
                 return
             if pressed:
                 raise KeyboardInterrupt
-            pressed = True
+            pressed = self.pressed = True
             log.warning("Ctrl-C: training stops after this step, then calibrates and saves (Ctrl-C again to abort now)")
             trainer.should_stop = True
 

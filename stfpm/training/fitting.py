@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,11 +31,13 @@ from stfpm.data.settings import DataSettings
 from stfpm.inference.engine import TRAINING_DEVICES, build_trainer
 from stfpm.inference.settings import DeviceSettings
 from stfpm.model import checkpoint_format
+from stfpm.model.calibrate import cross_fit_students, promise_report
 from stfpm.model.checkpoint import AtomicCheckpointIO, read_checkpoint
 from stfpm.model.lightning_model import STFPM
 from stfpm.model.reference import MIN_REFERENCE_IMAGES, reference_is_uniform
 from stfpm.model.settings import InputSettings, ModelSettings
 from stfpm.training.callbacks import FirstInterruptStops, checkpoint_callbacks
+from stfpm.training.cross_fit import Folds
 from stfpm.training.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -142,16 +145,22 @@ def _model(settings: TrainSettings, category: str, resume: Path | None) -> STFPM
     return STFPM(dataclasses.replace(settings.model, input=source))
 
 
-def _trainer(settings: TrainSettings, run: Run, loggers: list, has_val: bool) -> tuple[pl.Trainer, Any]:
+def _trainer(settings: TrainSettings, run: Run, loggers: list, has_val: bool, images: int
+             ) -> tuple[pl.Trainer, Any, FirstInterruptStops]:
     t = settings.trainer
+    epochs = t.epochs_for(images, settings.data.batch_size)
+    if epochs > t.epochs:
+        log.info("%d training images make %d steps per epoch: %d epochs, to train at least --min-steps %d steps",
+                 images, math.ceil(images / settings.data.batch_size), epochs, t.min_steps)
     best, callbacks = checkpoint_callbacks(run.checkpoints, t.checkpoint_metric, has_val)
+    interrupt = FirstInterruptStops()
     trainer = build_trainer(
-        settings.devices, TRAINING_DEVICES, max_epochs=t.epochs, max_steps=t.max_steps, max_time=t.max_time,
-        deterministic=True if t.deterministic else None, plugins=[AtomicCheckpointIO()], logger=loggers,
-        callbacks=[*callbacks, FirstInterruptStops()], log_every_n_steps=t.log_every_n_steps,
+        settings.devices, TRAINING_DEVICES, **t.length(images, settings.data.batch_size),
+        plugins=[AtomicCheckpointIO()], logger=loggers,
+        callbacks=[*callbacks, interrupt], log_every_n_steps=t.log_every_n_steps,
         limit_val_batches=1.0 if has_val else 0, num_sanity_val_steps=0, check_val_every_n_epoch=t.val_every_n_epochs,
     )
-    return trainer, best
+    return trainer, best, interrupt
 
 
 def fit_category(settings: TrainSettings, category: str) -> FitResult:
@@ -168,15 +177,26 @@ def fit_category(settings: TrainSettings, category: str) -> FitResult:
     # every training image checked once before anything starts; the full list is saved in the run folder
     preflight = datamodule.preflight("fit", strict=data.strict, report_path=run.problems("train"))
     has_val = data.val_fraction > 0
-    warning = model.few_validation_warning(preflight.counts.get("validation", 0))
-    if warning and has_val:
+    validation = preflight.counts.get("validation", 0)
+    students = cross_fit_students(model.settings, validation, has_val)
+    cross, images = students > 0, list[Path]()
+    if cross:  # the shipped student trains on every image; K others give the out-of-sample maps
+        images = datamodule.good_images()
+        datamodule = MVTecDataModule(data, model.preprocessing(), t.seed, split=(images, []))
+        log.info("cross-fitted calibration: %d students, each without one fold of the %d good training images, give "
+                 "the out-of-sample maps; the shipped student trains on all of them", students, len(images))
+    warning = model.few_validation_warning(len(images) if cross else validation,
+                                           _CROSS_FITTED if cross else "validation images")
+    if warning and (has_val or cross):
         log.warning("%s", warning)
         model.warned_few = True
     datamodule.setup("fit")
     tb_logger = TensorBoardLogger(t.output_dir, name=category, version=csv_logger.version, default_hp_metric=False)
-    if not has_val:
+    if not has_val and not cross:
         log.warning("--val-fraction 0: no validation images, so no best-model selection and no thresholds")
-    trainer, best = _trainer(settings, run, [csv_logger, tb_logger], has_val)
+    trainer, best, interrupt = _trainer(settings, run, [csv_logger, tb_logger], has_val and not cross,
+                                        len(images) if cross else preflight.counts.get("training", 0)
+                                        or len(datamodule.good_images()))
     if trainer.is_global_zero:
         _ = csv_logger.experiment  # create the run folder through the logger first, so it starts out empty
         atomic_write_text(run.config, yaml.safe_dump(settings.run_config(category), sort_keys=False))
@@ -187,12 +207,32 @@ def fit_category(settings: TrainSettings, category: str) -> FitResult:
         # the teacher is in eval mode on purpose (frozen BatchNorm statistics); Lightning warns about any such module
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-    if has_val:
+        if cross:
+            _cross_fit(settings, trainer, model, images, run, best, interrupt.pressed)
+    if has_val and not cross:
         _finish_inside_epoch(trainer, model, datamodule, run.last)
     path = Path(best.best_model_path) if best.best_model_path else run.last
     if trainer.is_global_zero:
-        _report(settings, category, path, best, has_val)
+        _report(settings, category, path, best, has_val or cross)
     return FitResult(category, run, path)
+
+
+_CROSS_FITTED = "cross-fitted training images"
+
+
+def _cross_fit(settings: TrainSettings, trainer: pl.Trainer, model: STFPM, images: list[Path], run: Run,
+               best: Any, interrupted: bool) -> None:
+    """After the shipped student: the folds' out-of-sample maps, its calibration on them, and its checkpoints
+    written again with the thresholds. A Ctrl-C during the shipped student's training stops before the folds."""
+    if interrupted:
+        log.warning("interrupted: %s has no thresholds yet; --resume it to finish training and the cross-fit", run.last)
+        return
+    students = Folds(images, settings.data, model.settings, settings.trainer, settings.devices)
+    levels = students.levels(run)
+    model.calibrate_on(levels, source=_CROSS_FITTED)
+    model.validated_step = trainer.global_step
+    for path in {run.last, Path(best.best_model_path) if best.best_model_path else run.checkpoints / "best.ckpt"}:
+        trainer.save_checkpoint(path)
 
 
 def _finish_inside_epoch(trainer: pl.Trainer, model: STFPM, datamodule: MVTecDataModule, last: Path) -> None:
@@ -212,6 +252,9 @@ def _report(settings: TrainSettings, category: str, path: Path, best: Any, has_v
     log.info("%s: best checkpoint %s (%s %s); calibrated thresholds: image %.6g, pixel %.6g", category, path,
              settings.trainer.checkpoint_metric, score, float(state["model.image_threshold"]),
              float(state["model.pixel_threshold"]))
+    promise = promise_report(float(state["model.image_threshold_promise"]), int(state["model.image_threshold_support"]))
+    if promise:
+        log.info("%s: %s", category, promise)
     reference = state.get("model.reference.reference")
     if reference is not None and reference_is_uniform(reference) and has_val:
         log.warning("%s: the map is left as it is (no reference normalization): the validation maps were of fewer "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 from stfpm.core.options import Section, duration, integer, option
 
@@ -15,6 +17,8 @@ class TrainerSettings(Section):
     about = "train.py: length, seed, output, resumption"
 
     epochs: int = option(100, "training epochs", kind=int, check=integer(1))
+    min_steps: int = option(50, "train at least this many optimizer steps: an epoch of few images is few steps, so "
+                            "--epochs is raised to reach them (0: --epochs as given)", kind=int, check=integer(0))
     max_steps: int = option(-1, "stop after N optimizer steps (-1: no limit)", kind=int,
                             check=(lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == -1 or v >= 1),
                                    "-1 (no limit) or an integer >= 1"))
@@ -31,3 +35,17 @@ class TrainerSettings(Section):
                                 path="file")
     checkpoint_metric: str = option("val_loss", "best.ckpt has the lowest: val_loss (ours) or val_map_mean (mean "
                                     "validation anomaly map, the official code's)", choices=CHECKPOINT_METRICS)
+
+    def epochs_for(self, images: int, batch_size: int) -> int:
+        """The epochs a student trained on ``images`` runs: ``epochs``, raised to reach ``min_steps`` optimizer steps
+        (of one process)."""
+        steps = math.ceil(images / batch_size) if images > 0 else 0
+        if not self.min_steps or not steps:
+            return self.epochs
+        return max(self.epochs, math.ceil(self.min_steps / steps))
+
+    def length(self, images: int, batch_size: int) -> dict[str, Any]:
+        """The Trainer's arguments for the length and determinism of a student trained on ``images`` (every student
+        of a run alike)."""
+        return {"max_epochs": self.epochs_for(images, batch_size), "max_steps": self.max_steps,
+                "max_time": self.max_time, "deterministic": True if self.deterministic else None}

@@ -17,6 +17,7 @@ from stfpm.core.errors import ConfigError
 from stfpm.data import MVTecDataModule, load_image
 from stfpm.data.settings import DataSettings
 from stfpm.inference.predictor import Predictor
+from stfpm.model.calibrate import conformal_threshold
 from stfpm.model.checkpoint import load_checkpoint
 from stfpm.model.lightning_model import STFPM
 from stfpm.model.settings import ModelSettings
@@ -100,7 +101,7 @@ def test_thresholds_come_from_validation_normals_only(data_copy, tmp_path) -> No
 
 
 def _assert_thresholds_match_validation_images(
-    checkpoint, data_root, image_q: float = 0.99, pixel_q: float = 0.999, n_val: int = 2
+    checkpoint, data_root, target: float = 0.01, pixel_q: float = 0.999, n_val: int = 2
 ) -> None:
     """The stored thresholds are the quantiles of the maps of ALL held-out validation images."""
     model = load_checkpoint(checkpoint)
@@ -111,17 +112,17 @@ def _assert_thresholds_match_validation_images(
     batch = torch.stack([predictor.transform(load_image(p)) for p in datamodule.val_paths])
     maps, scores = predictor.anomaly_maps(batch)
     assert len(scores) == n_val  # 20% of the training images
-    assert model.thresholds[0] == pytest.approx(np.quantile(scores.numpy(), image_q), rel=1e-5)
+    assert model.thresholds[0] == pytest.approx(conformal_threshold(scores, target)[0], rel=1e-5)
     assert model.thresholds[1] == pytest.approx(np.quantile(maps.numpy(), pixel_q), rel=1e-5)
 
 
 def test_thresholds_use_every_validation_batch_and_the_quantile_flags(tiny_data, tmp_path) -> None:
     """Batch size 1: the two validation images arrive in two batches, and both must enter the quantiles."""
     assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS,
-                       "--batch-size", "1", "--epochs", "1", "--image-threshold-quantile", "0.5",
+                       "--batch-size", "1", "--epochs", "1", "--target-false-alarms", "0.5",
                        "--pixel-threshold-quantile", "0.9"]) == 0
     checkpoint = tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
-    _assert_thresholds_match_validation_images(checkpoint, tiny_data, image_q=0.5, pixel_q=0.9)
+    _assert_thresholds_match_validation_images(checkpoint, tiny_data, target=0.5, pixel_q=0.9)
 
 
 def test_yaml_config_is_overridden_by_flags(tiny_data, tmp_path) -> None:
@@ -286,7 +287,7 @@ def test_training_from_python_equals_train_py(tiny_data, tmp_path) -> None:
     settings = TrainSettings.of(
         category="tiny", data_root=str(tiny_data), output_dir=str(tmp_path / "api"), backbone="resnet18",
         teacher_weights="random", image_size=64, batch_size=4, epochs=2, num_workers=0, accelerator="cpu",
-        log_every_n_steps=1,
+        log_every_n_steps=1, calibration="holdout", min_steps=0,
     )
     [result] = fit(settings)
     assert result.category == "tiny" and result.best == result.run.checkpoints / "best.ckpt"
@@ -295,3 +296,14 @@ def test_training_from_python_equals_train_py(tiny_data, tmp_path) -> None:
     assert api.keys() == cli.keys() and all(torch.equal(api[k], cli[k]) for k in api)
     with pytest.raises(ConfigError, match="unknown option 'epochz'"):
         TrainSettings.of(epochz=3)
+
+
+def test_min_steps_raise_the_epochs_of_a_small_set(tiny_data, tmp_path, caplog) -> None:
+    """8 training images at batch 4 make 2 steps per epoch: --min-steps 6 trains 3 epochs, not the 1 asked."""
+    with caplog.at_level("INFO"):
+        assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path),
+                           *TRAIN_ARGS, "--epochs", "1", "--min-steps", "6"]) == 0
+    last = torch.load(tmp_path / "tiny" / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=True)
+    assert last["global_step"] == 6 and last["epoch"] == 2
+    assert "8 training images make 2 steps per epoch: 3 epochs" in caplog.text

@@ -1,4 +1,4 @@
-"""Map settings beyond the official recipe: smoothing, sum fusion with per-level scaling, Gumbel calibration,
+"""Map settings beyond the official recipe: smoothing, sum fusion with per-level scaling, a Gumbel tail,
 non-square inputs."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage, stats
+from scipy import ndimage
 
 from stfpm.core.errors import ConfigError, DataError
 from stfpm.data.io import (
@@ -21,9 +21,9 @@ from stfpm.data.io import (
     size_record,
 )
 from stfpm.model.anomaly_map import AnomalyMap, fuse
-from stfpm.model.calibrate import gumbel_threshold, held_out_maps, quantile_threshold, thresholds
+from stfpm.model.calibrate import conformal_threshold, held_out_maps
 from stfpm.model.reference import ReferenceNormalizer
-from stfpm.model.settings import CalibrationSettings, MapSettings, ModelSettings
+from stfpm.model.settings import MapSettings, ModelSettings
 from stfpm.model.torch_model import STFPMModel
 
 PLAIN_MAP = dict(map_fusion="product", map_sigma=0.0, map_normalization="none", score_fraction=0.0, score_levels="all")
@@ -124,30 +124,6 @@ def test_bad_map_settings_are_refused() -> None:
         MapSettings(map_fusion="product", map_sigma=-1.0)
 
 
-def test_gumbel_threshold_is_the_fitted_quantile() -> None:
-    rng = np.random.default_rng(0)
-    scores = rng.gumbel(loc=1.0, scale=0.2, size=400)
-    beta = np.std(scores, ddof=1) * math.sqrt(6) / math.pi
-    mu = np.mean(scores) - np.euler_gamma * beta
-    expected = stats.gumbel_r.ppf(0.99, loc=mu, scale=beta)
-    assert gumbel_threshold(scores, 0.99) == pytest.approx(max(expected, np.quantile(scores, 0.99)))
-    # on a large Gumbel sample the fit lands near the true quantile
-    assert gumbel_threshold(scores, 0.99) == pytest.approx(stats.gumbel_r.ppf(0.99, 1.0, 0.2), rel=0.1)
-
-
-def test_gumbel_threshold_extrapolates_beyond_few_scores_and_never_undercuts_them() -> None:
-    few = np.array([0.9, 1.0, 1.1, 1.05, 0.95, 1.2, 1.0])
-    assert gumbel_threshold(few, 0.99) > few.max()
-    assert gumbel_threshold(few[:2], 0.99) == quantile_threshold(few[:2], 0.99)  # too few to fit
-    assert gumbel_threshold(few, 1.0) == few.max()
-    maps = torch.rand(7, 8, 8)
-    gumbel = CalibrationSettings(image_threshold_quantile=0.99, pixel_threshold_quantile=0.999, calibration="gumbel")
-    image, pixel = thresholds(torch.tensor(few), maps, gumbel)
-    assert image == pytest.approx(gumbel_threshold(few, 0.99)) and pixel == quantile_threshold(maps, 0.999)
-    with pytest.raises(ConfigError, match="--calibration must be one of empirical, gumbel"):
-        CalibrationSettings(image_threshold_quantile=0.99, pixel_threshold_quantile=0.999, calibration="magic")
-
-
 def test_image_sizes_square_or_height_width() -> None:
     assert as_hw(64) == (64, 64) and as_hw([64]) == (64, 64) and as_hw([48, 80]) == (48, 80)
     assert size_record((64, 64)) == 64 and size_record((48, 80)) == [48, 80]
@@ -207,7 +183,7 @@ def test_non_square_run_trains_tests_and_predicts_end_to_end(tiny_data, tmp_path
 
     root = _wide_copy(tiny_data, tmp_path)
     args = [*TRAIN_ARGS, "--epochs", "1", "--keep-aspect", "--map-fusion", "sum", "--map-sigma", "2",
-            "--calibration", "gumbel"]
+            "--tail", "gumbel"]
     assert train_main(["--category", "tiny", "--data-root", str(root), "--output-dir", str(tmp_path / "runs"), *args]) == 0
     checkpoint = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
     model = load_checkpoint(checkpoint)
@@ -290,7 +266,7 @@ def test_reference_thresholds_score_each_validation_image_without_itself(tiny_da
     from stfpm.model.checkpoint import load_checkpoint
 
     assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS,
-                       "--epochs", "1", "--map-normalization", "reference", "--image-threshold-quantile", "0.5",
+                       "--epochs", "1", "--map-normalization", "reference", "--target-false-alarms", "0.5",
                        "--score-levels", "all", "--score-fraction", "0"]) == 0  # the score: the same map's max
     model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
     dm = _data_module(tiny_data, model.preprocessing())
@@ -306,7 +282,7 @@ def test_reference_thresholds_score_each_validation_image_without_itself(tiny_da
     for i in range(n):
         others = torch.cat([fused[:i], fused[i + 1:]]).mean(0, keepdim=True)
         scores.append(float((fused[i] / (others + others.mean())).max()))
-    assert model.thresholds[0] == pytest.approx(np.quantile(scores, 0.5), rel=1e-4)
+    assert model.thresholds[0] == pytest.approx(conformal_threshold(np.array(scores), 0.5)[0], rel=1e-4)
 
 
 def test_score_fraction_is_the_mean_of_the_highest_pixels() -> None:
@@ -337,7 +313,7 @@ def test_score_fraction_reaches_thresholds_and_export(tiny_data, tmp_path) -> No
     from stfpm.model.checkpoint import load_checkpoint
 
     assert train_main(["--category", "tiny", "--data-root", str(tiny_data), "--output-dir", str(tmp_path), *TRAIN_ARGS,
-                       "--epochs", "1", "--score-fraction", "0.02", "--image-threshold-quantile", "0.5",
+                       "--epochs", "1", "--score-fraction", "0.02", "--target-false-alarms", "0.5",
                        "--map-normalization", "none", "--score-levels", "all"]) == 0  # the reference: tested on its own
     model = load_checkpoint(tmp_path / "tiny" / "version_0" / "checkpoints" / "best.ckpt")
     assert model.model.anomaly_map.settings.score_fraction == 0.02
@@ -348,7 +324,7 @@ def test_score_fraction_reaches_thresholds_and_export(tiny_data, tmp_path) -> No
         maps, scores = model.model.predict(batch)
     k = round(0.02 * 64 * 64)
     torch.testing.assert_close(scores, maps.flatten(1).topk(k, dim=1).values.mean(1))
-    assert model.thresholds[0] == pytest.approx(float(np.quantile(scores.numpy(), 0.5)), rel=1e-5)
+    assert model.thresholds[0] == pytest.approx(conformal_threshold(scores, 0.5)[0], rel=1e-5)
     path = export(model, tmp_path / "m.torchscript", "torchscript")
     assert json.loads((tmp_path / "m.torchscript.json").read_text())["settings"]["map"]["score_fraction"] == 0.02
     images = torch.rand(2, 3, 64, 64)
@@ -419,7 +395,7 @@ def test_reference_is_not_used_when_a_few_validation_images_dominate_their_mean(
     # the smallest input the settings take; the score: the map's maximum (at the 8x8 input this test had before, the
     # default 1% of the pixels was one pixel, the maximum)
     model = STFPM(ModelSettings.of(backbone="resnet18", teacher_weights="random", image_size=32,
-                                   map_normalization="reference", image_threshold_quantile=0.5, score_levels="all",
+                                   map_normalization="reference", target_false_alarms=0.5, score_levels="all",
                                    score_fraction=0.0))
     reference = model.model.reference
     with caplog.at_level("WARNING"):
@@ -429,4 +405,4 @@ def test_reference_is_not_used_when_a_few_validation_images_dominate_their_mean(
     assert not reference.in_use and "average only 3.0 images' worth" in caplog.text
     plain_map, plain_reference = _map(3, (32, 32))
     plain = plain_map(dominated, (32, 32), plain_reference)[1]
-    assert image_thr == pytest.approx(float(np.quantile(plain.numpy(), 0.5)), rel=1e-6)
+    assert image_thr == pytest.approx(conformal_threshold(plain, 0.5)[0], rel=1e-6)

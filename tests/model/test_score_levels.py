@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from stfpm.core.errors import ConfigError
 from stfpm.model.anomaly_map import AnomalyMap, resolve_score_levels
+from stfpm.model.calibrate import conformal_threshold
 from stfpm.model.reference import ReferenceNormalizer
 from stfpm.model.settings import MapSettings, ModelSettings
 
@@ -95,7 +96,7 @@ def test_reference_normalization_gives_the_score_its_own_reference_and_held_out_
     torch.manual_seed(0)
     val, test = _levels(3, 30), _levels(4, 3, offset=0.3)
     options = dict(backbone="resnet18", teacher_weights="random", image_size=list(MODEL_SIZE),
-                   map_normalization="reference", image_threshold_quantile=0.5, pixel_threshold_quantile=0.9)
+                   map_normalization="reference", target_false_alarms=0.5, pixel_threshold_quantile=0.9)
     model = STFPM(ModelSettings.of(**options, score_levels="coarser"))
     plain = STFPM(ModelSettings.of(**options, score_levels="all"))
     image_thr, pixel_thr, _ = model.calibrate_on(val)
@@ -109,7 +110,7 @@ def test_reference_normalization_gives_the_score_its_own_reference_and_held_out_
     for i in range(len(score_fused)):
         others = torch.cat([score_fused[:i], score_fused[i + 1:]]).mean(0, keepdim=True)
         held_out.append(float(_top_mean(score_fused[i: i + 1] / (others + others.mean()), MODEL_TOP)))
-    assert image_thr == pytest.approx(float(np.quantile(held_out, 0.5)), rel=1e-5)
+    assert image_thr == pytest.approx(float(np.sort(held_out)[15]), rel=1e-5)  # conformal: the 16th of 30 (k/31 >= 0.5)
     assert image_thr != pytest.approx(plain_image_thr, rel=1e-3)
     assert pixel_thr == pytest.approx(plain_pixel_thr, rel=1e-6)  # the pixel threshold: the same map as before
     maps, scores = gen(test, MODEL_SIZE, fitted)
@@ -145,7 +146,7 @@ def test_train_records_the_score_levels_and_prediction_and_export_use_them(tiny_
     config = tmp_path / "c.yaml"
     config.write_text("model:\n  score_levels: coarser\n  map_normalization: none\n")
     assert train_main(["--config", str(config), "--category", "tiny", "--data-root", str(tiny_data), "--output-dir",
-                       str(tmp_path), *TRAIN_ARGS, "--epochs", "1", "--image-threshold-quantile", "0.5"]) == 0
+                       str(tmp_path), *TRAIN_ARGS, "--epochs", "1", "--target-false-alarms", "0.5"]) == 0
     run_dir = tmp_path / "tiny" / "version_0"
     model = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
     assert model.settings.map.score_levels == [1, 2] and model.model.anomaly_map.score_levels == (1, 2)
@@ -158,7 +159,7 @@ def test_train_records_the_score_levels_and_prediction_and_export_use_them(tiny_
         levels = model.model.layer_maps(batch)
     torch.testing.assert_close(scores, _top_mean(_product(levels[1:], (64, 64)), 41))  # the default: 1% of 64x64 px
     torch.testing.assert_close(maps, _product(levels, (64, 64)))
-    assert model.thresholds[0] == pytest.approx(float(np.quantile(scores.numpy(), 0.5)), rel=1e-5)
+    assert model.thresholds[0] == pytest.approx(conformal_threshold(scores, 0.5)[0], rel=1e-5)
     path = export(model, tmp_path / "m.torchscript", "torchscript")
     assert json.loads((tmp_path / "m.torchscript.json").read_text())["settings"]["map"]["score_levels"] == [1, 2]
     images = torch.rand(2, 3, 64, 64)
