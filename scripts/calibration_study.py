@@ -45,11 +45,12 @@ RECIPES = {
     "paper (configs/official.yaml)": ["--config", str(ROOT / "configs" / "official.yaml")],
     "default, validation split": ["--calibration", "holdout"],
     "default": [],
+    "default, cross-fit": ["--calibration", "cross-fit"],
 }
 """``before``: the default before the promise (its image threshold: the ``quantile 0.99 (before)`` rows); ``default``:
 train.py's defaults (``--calibration auto`` cross-fits where the validation split cannot support 1%)."""
 SLUGS = {"before (validation split, --epochs only)": "before", "paper (configs/official.yaml)": "paper",
-         "default, validation split": "holdout", "default": "default"}
+         "default, validation split": "holdout", "default": "default", "default, cross-fit": "crossfit"}
 TAILS = ("none", "gumbel", "pareto", "quantile 0.99 (before)")
 FIGURES = ("image_auroc", "pixel_auroc", "pixel_aupro", "tpr", "fpr", "promise", "train_s")
 
@@ -61,12 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sets", nargs="+", default=["bsdata:20", "bsdata:50", "bsdata:100", "battery_weld:all"],
                         help="SET:N (N good training images drawn, or all)")
     parser.add_argument("--draws", type=int, default=3, help="draws (and training seeds) per SET:N")
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES)[:4], choices=list(RECIPES))
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--ensemble", nargs="*", default=[], help="SET:N whose cross-fitted students are also "
                         "evaluated as an averaged ensemble")
     parser.add_argument("--ensemble-draws", type=int, default=1, help="the first draws of --ensemble sets evaluated so")
+    parser.add_argument("--report-only", action="store_true", help="print the tables of the rows already in --out")
     parser.add_argument("--report", type=Path, help="write the Markdown table here too")
     return parser.parse_args(argv)
 
@@ -135,7 +137,8 @@ def ensemble(args: argparse.Namespace, root: Path, name: str, seed: int, run_dir
     data = DataSettings(category=name, data_root=str(root), batch_size=32, num_workers=2)
     datamodule = MVTecDataModule(data, shipped.preprocessing(), seed)
     datamodule.preflight("fit")
-    folds = Folds(datamodule.good_images(), data, shipped.settings, TrainerSettings(epochs=args.epochs, seed=seed),
+    folds = Folds(shipped.settings.calibration.folds, datamodule.good_images(), data, shipped.settings,
+                  TrainerSettings(epochs=args.epochs, seed=seed),
                   DeviceSettings(accelerator="cpu"), keep_students=True)
     levels = folds.levels(Run(run_dir.parent / "ensemble"))
     calibrated = calibrate(shipped.model, levels)
@@ -145,22 +148,32 @@ def ensemble(args: argparse.Namespace, root: Path, name: str, seed: int, run_dir
     return evaluate(shipped, root, name, {"none": (calibrated.image.value, calibrated.image.promise)})["none"]
 
 
-def summary(rows: list[dict]) -> str:
+MAIN = [("before (validation split, --epochs only)", "quantile 0.99 (before)"), ("paper (configs/official.yaml)", "none"),
+        ("default, validation split", "none"), ("default", "none"), ("default, cross-fit", "none"),
+        ("ensemble of the K students", "none")]
+"""The main table: each recipe at the image threshold its train.py run sets (before the promise: the 0.99 quantile)."""
+TAIL_ROWS = [(recipe, tail) for recipe in ("default, validation split", "default") for tail in TAILS[:3]]
+
+
+def summary(rows: list[dict], pick: list[tuple[str, str]]) -> str:
+    """Mean ± sd over draws of each (set, recipe, tail) in ``pick``, sets in the order first seen."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["set"], row["recipe"], row["tail"]), []).append(row)
-    lines = ["| set | recipe | tail | runs | " + " | ".join(FIGURES) + " |", "|" + " --- |" * (4 + len(FIGURES))]
-    for (set_name, recipe, tail), group in groups.items():
-        cells = []
-        for figure in FIGURES:
-            values = [r[figure] for r in group if r.get(figure) is not None and math.isfinite(r[figure])]
-            if not values:
-                cells.append("")
-            else:
+    sets = list(dict.fromkeys(row["set"] for row in rows))
+    lines = ["| set | recipe | threshold | runs | " + " | ".join(FIGURES) + " |", "|" + " --- |" * (4 + len(FIGURES))]
+    for set_name in sets:
+        for recipe, tail in pick:
+            group = groups.get((set_name, recipe, tail))
+            if not group:
+                continue
+            cells = []
+            for figure in FIGURES:
+                values = [r[figure] for r in group if r.get(figure) is not None and math.isfinite(r[figure])]
                 sd = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}" if figure != "train_s"
-                             else f"{statistics.mean(values):.0f}")
-        lines.append(f"| {set_name} | {recipe} | {tail} | {len(group)} | " + " | ".join(cells) + " |")
+                cells.append("" if not values else f"{statistics.mean(values):.0f}" if figure == "train_s"
+                             else f"{statistics.mean(values):.3f} ± {sd:.3f}")
+            lines.append(f"| {set_name} | {recipe} | {tail} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -169,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "rows.jsonl"
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
+    if args.report_only:
+        print(summary(rows, MAIN) + "\n" + summary(rows, TAIL_ROWS))
+        return 0
     done = {(r["set"], r["draw"], r["recipe"]) for r in rows}
     for spec in args.sets:
         name, count = spec.split(":")
@@ -195,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += new
                 print(f"{spec} draw {draw} {recipe}: " + ", ".join(
                     f"{t} fpr {f['fpr']:.3f} tpr {f['tpr']:.3f}" for t, f in figures.items()), flush=True)
-    table = summary(rows)
+    table = summary(rows, MAIN) + "\nTail models (`--tail`):\n\n" + summary(rows, TAIL_ROWS)
     print(table)
     if args.report:
         args.report.write_text(table)

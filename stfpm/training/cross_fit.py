@@ -27,7 +27,6 @@ from stfpm.data.mvtec import split_folds
 from stfpm.data.settings import DataSettings
 from stfpm.inference.engine import TRAINING_DEVICES, build_trainer
 from stfpm.inference.settings import DeviceSettings
-from stfpm.model.calibrate import cross_fit_students
 from stfpm.model.lightning_model import STFPM
 from stfpm.model.settings import ModelSettings
 from stfpm.training.callbacks import FirstInterruptStops
@@ -38,8 +37,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Folds:
-    """What the K students are trained with: the checked good training images and the run's settings."""
+    """What the K students are trained with: their number, the checked good training images and the run's settings."""
 
+    count: int
     images: list[Path]
     data: DataSettings
     model: ModelSettings  # the shipped student's, its input resolved
@@ -50,7 +50,7 @@ class Folds:
 
     def levels(self, run: Run) -> list[Tensor]:
         """The out-of-fold level maps of every image (fold by fold), training the folds not yet finished."""
-        count = cross_fit_students(self.model, len(self.images), True)
+        count = self.count
         parts = split_folds(self.images, count, self.trainer.seed)
         collected = []
         for k, fold in enumerate(parts, start=1):

@@ -208,7 +208,8 @@ def fit_category(settings: TrainSettings, category: str) -> FitResult:
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
         if cross:
-            _cross_fit(settings, trainer, model, images, run, best, interrupt.pressed)
+            students_of = Folds(students, images, settings.data, model.settings, settings.trainer, settings.devices)
+            _cross_fit(trainer, model, students_of, run, best, interrupt.pressed)
     if has_val and not cross:
         _finish_inside_epoch(trainer, model, datamodule, run.last)
     path = Path(best.best_model_path) if best.best_model_path else run.last
@@ -220,14 +221,12 @@ def fit_category(settings: TrainSettings, category: str) -> FitResult:
 _CROSS_FITTED = "cross-fitted training images"
 
 
-def _cross_fit(settings: TrainSettings, trainer: pl.Trainer, model: STFPM, images: list[Path], run: Run,
-               best: Any, interrupted: bool) -> None:
+def _cross_fit(trainer: pl.Trainer, model: STFPM, students: Folds, run: Run, best: Any, interrupted: bool) -> None:
     """After the shipped student: the folds' out-of-sample maps, its calibration on them, and its checkpoints
     written again with the thresholds. A Ctrl-C during the shipped student's training stops before the folds."""
     if interrupted:
         log.warning("interrupted: %s has no thresholds yet; --resume it to finish training and the cross-fit", run.last)
         return
-    students = Folds(images, settings.data, model.settings, settings.trainer, settings.devices)
     levels = students.levels(run)
     model.calibrate_on(levels, source=_CROSS_FITTED)
     model.validated_step = trainer.global_step

@@ -134,3 +134,34 @@ def test_a_format_2_checkpoint_reads_its_quantile_as_a_target_and_has_no_promise
     images = torch.rand(2, 3, *old.settings.input.size)
     with torch.no_grad():
         torch.testing.assert_close(old.model.predict(images), load_checkpoint(cross_fitted.last).model.predict(images))
+
+
+def test_cross_fitting_on_two_ddp_processes_scores_every_image_once(tiny_data, tmp_path) -> None:
+    """Under DDP each fold's maps are gathered from both processes (the distributed sampler pads a fold of 5 to
+    3 + 3), each image counted once: the threshold rests on all 10 images, and one process writes the fold files."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    argv = [sys.executable, str(repo / "train.py"), "--category", "tiny", "--data-root", str(tiny_data),
+            "--output-dir", str(tmp_path), *TRAIN_ARGS, "--epochs", "1", "--calibration", "cross-fit", "--folds", "2",
+            "--devices", "2", "--strategy", "ddp"]
+    done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = Run(tmp_path / "tiny" / "version_0")
+    assert [p.name for p in (tmp_path / "tiny").iterdir()] == ["version_0"]
+    model = load_checkpoint(run.last)
+    assert model.model.promise["image_threshold_support"] == 10
+    records = [torch.load(run.fold_maps(k, 2), weights_only=True) for k in (1, 2)]
+    assert sorted(len(r["images"]) for r in records) == [5, 5]
+    assert [len(r["levels"][0]) for r in records] == [5, 5]
+    assert done.stderr.count("cross-fit: student 1 of 2") == 1
+
+
+def test_auto_cross_fits_on_what_the_validation_split_supports_not_on_all_the_images(tiny_data, tmp_path) -> None:
+    """At a 10% target, the 2 validation images (1/3) cannot support it and the 10 images together (1/11) can:
+    auto cross-fits, and every fold is trained (the decision is taken once, on the validation split)."""
+    run = _train(tiny_data, tmp_path, "--target-false-alarms", "0.1", "--folds", "2")
+    model = load_checkpoint(run.last)
+    assert model.model.promise == {"image_threshold_promise": pytest.approx(1 / 11), "image_threshold_support": 10}
+    assert run.fold_maps(1, 2).is_file() and run.fold_maps(2, 2).is_file()
