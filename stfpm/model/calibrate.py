@@ -165,12 +165,12 @@ def promise_report(promise: float, support: int) -> str | None:
             "good images")
 
 
-def promise_note(threshold: ImageThreshold, target: float, source: str) -> str | None:
+def promise_note(promise: float, support: int, target: float, source: str) -> str | None:
     """What a user should know about a promise that differs from the target, or None."""
-    if threshold.support == 0 or threshold.promise <= target + 1e-12:
+    if support == 0 or promise <= target + 1e-12:
         return None
-    return (f"the image threshold rests on {threshold.support} out-of-sample good scores ({source}): it can promise "
-            f"at best {100 * threshold.promise:.2g}% false alarms (1/(n+1)), not the {100 * target:.2g}% asked "
+    return (f"the image threshold rests on {support} out-of-sample good scores ({source}): it can promise "
+            f"at best {100 * promise:.2g}% false alarms (1/(n+1)), not the {100 * target:.2g}% asked "
             "(--target-false-alarms); add good images, or extrapolate with --tail gumbel or pareto")
 
 
@@ -186,11 +186,10 @@ def few_images_warning(count: int, model: STFPMModel, source: str = "validation 
     """What ``count`` out-of-sample good images are too few for (the target rate, without a tail model; when asked
     for, the reference normalization), or None."""
     settings, problems = model.settings.calibration, []
-    if count and settings.tail == "none" and conformal_promise(count, settings.target_false_alarms) > (
-            settings.target_false_alarms + 1e-12):
-        note = promise_note(ImageThreshold(math.nan, conformal_promise(count, settings.target_false_alarms), count,
-                                           False), settings.target_false_alarms, source)
-        problems.append(note or "")
+    target = settings.target_false_alarms
+    note = promise_note(conformal_promise(count, target), count, target, source) if settings.tail == "none" else None
+    if note:
+        problems.append(note)
     if model.reference.enabled and count < MIN_REFERENCE_IMAGES:
         problems.append(f"only {count} {source}: the reference normalization needs at least "
                         f"{MIN_REFERENCE_IMAGES}, so the map is left as it is (--map-normalization none)")

@@ -112,3 +112,19 @@ def test_min_steps_raise_the_epochs_of_few_images_only() -> None:
     assert t.epochs_for(440, 32) == 8  # 14 steps per epoch: 112 steps already
     assert TrainerSettings(epochs=8, min_steps=0).epochs_for(20, 32) == 8
     assert t.length(20, 32)["max_epochs"] == 50 and t.length(20, 32)["max_steps"] == -1
+
+
+def test_train_py_is_told_when_the_scores_cannot_support_the_target() -> None:
+    from stfpm.model.calibrate import few_images_warning
+    from stfpm.model.settings import ModelSettings
+    from stfpm.model.torch_model import STFPMModel
+
+    def warning(count: int, **options) -> str | None:
+        model = STFPMModel(ModelSettings.of(backbone="resnet18", teacher_weights=None, image_size=32,
+                                            map_normalization="none", **options))
+        return few_images_warning(count, model, "validation images")
+
+    assert "rests on 20 out-of-sample good scores (validation images): it can promise at best 4.8%" in warning(20)
+    assert warning(99) is None  # 1/100: the 1% asked
+    assert warning(20, tail="gumbel") is None  # extrapolated: the promise is the target
+    assert warning(20, target_false_alarms=0.05) is None
