@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TEACHER_WEIGHTS ?= imagenet
 
-.PHONY: venv demo test clean-demo
+.PHONY: venv demo test browser clean-demo
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ test: venv
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
+
+# The headless Chromium the report tests open pages in (Debian's packages; needs root or sudo). Without it those
+# tests skip, saying why.
+browser:
+	@command -v chromedriver >/dev/null && command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
+	    chromium chromium-driver; }
 
 clean-demo:
 	rm -rf demo_output data/demo

@@ -1,4 +1,7 @@
-"""Shared fixtures: a tiny synthetic MVTec-layout category and one real (tiny) training run."""
+"""Shared fixtures: a tiny synthetic MVTec-layout category, one real (tiny) training run, and a headless Chromium
+for the report tests when one can be had (Debian: `apt-get install chromium chromium-driver`; where
+``STFPM_REQUIRE_BROWSER=1``, as CI sets it after installing the browser, a missing browser fails those tests
+instead of skipping them)."""
 
 from __future__ import annotations
 
@@ -120,3 +123,43 @@ def format_1(tiny_data, tmp_path_factory) -> dict[str, Path]:
     old = runs / "format1.ckpt"
     torch.save(as_format_1(torch.load(current, map_location="cpu", weights_only=True)), old)
     return {"current": current, "format_1": old}
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+DRIVERS = ("chromedriver",)
+
+
+def _missing(reason: str):
+    if os.environ.get("STFPM_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"STFPM_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(f"{reason}: install Debian's chromium and chromium-driver (apt-get install chromium chromium-driver) "
+                "and the dev extras (selenium)")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium driven through chromedriver, recording the console."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _missing("selenium is not installed")
+    binary = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    driver_path = next((shutil.which(d) for d in DRIVERS if shutil.which(d)), None)
+    if not binary or not driver_path:
+        _missing("no Chromium and chromedriver on PATH")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,1600", "--disable-extensions", "--no-first-run", "--disable-sync",
+                     "--disable-background-networking", "--disable-component-update", "--no-default-browser-check",
+                     "--host-resolver-rules=MAP * ~NOTFOUND"):  # the pages must need no network: none is reachable
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    try:
+        driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    except Exception as exc:  # a browser that cannot start (no display libraries, a sandbox refusal...)
+        _missing(f"Chromium did not start ({str(exc).splitlines()[0]})")
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()

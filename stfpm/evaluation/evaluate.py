@@ -16,6 +16,7 @@ from stfpm.core.layout import Run, Runs
 from stfpm.data.datamodule import MVTecDataModule
 from stfpm.data.settings import DEFAULT_DATA_ROOT, DataSettings
 from stfpm.evaluation.metrics import roc_curve
+from stfpm.evaluation.report import write_index, write_inspection
 from stfpm.evaluation.results import TestPredictions, compute_metrics, predict_test_split, undefined_metrics_note
 from stfpm.evaluation.settings import TestSettings
 from stfpm.inference.postprocess import binary_mask
@@ -37,6 +38,7 @@ class Evaluation:
         settings.check_paths()
         thresholds.check_paths()
         self.settings, self.engine, self.devices, self.thresholds, self.say = settings, engine, devices, thresholds, say
+        self.reports: dict[str, Path] = {}  # category -> its report.html
 
     def run(self) -> list[dict[str, Any]]:
         """Evaluate what the options name: a checkpoint, the latest run of a category, of every category (`all`,
@@ -58,6 +60,9 @@ class Evaluation:
         summary_dir = output_dir or runs.root
         self.say(f"\nall categories\n{write_summary(every, summary_dir)}")
         self.say(f"summary: {summary_dir / 'results_all.md'}")
+        if self.settings.report:
+            index = write_index(every, [self.reports.get(r["category"]) for r in every], summary_dir)
+            self.say(f"report: {index}")
         return every
 
     def checkpoint(self, checkpoint: Path, category: str | None, out_dir: Path | None) -> dict[str, Any]:
@@ -72,7 +77,7 @@ class Evaluation:
         datamodule = MVTecDataModule(data, model.preprocessing(), seed=0)
         policy = ThresholdPolicy.of(self.thresholds, model.thresholds)
         run = Run(out_dir) if out_dir else Run.of_checkpoint(checkpoint)
-        report = datamodule.preflight("test", strict=self.settings.strict, report_path=run.problems("test"))
+        preflight = datamodule.preflight("test", strict=self.settings.strict, report_path=run.problems("test"))
         pred, reporter = predict_test_split(model, datamodule, self.devices)
         if not reporter:  # under several processes, the first one reports
             return {}
@@ -90,8 +95,8 @@ class Evaluation:
             **model.settings.summary(),
         }
         table = write_category_results(results, run.folder)
-        if report.problems:
-            report.save(run.problems("test"))
+        if preflight.problems:
+            preflight.save(run.problems("test"))
         self.say(f"\n{category} ({len(pred.scores)} test images, checkpoint {checkpoint})\n{table}")
         note = undefined_metrics_note(results)
         if note:
@@ -100,6 +105,9 @@ class Evaluation:
             fallback = policy.or_else(results["image_f1_threshold"], results["pixel_f1_threshold"], "F1-optimal")
             save_visuals(pred, results, run.folder, fallback)
         self.say(f"results: {run.folder / 'results.json'}")
+        if self.settings.report:
+            self.reports[category] = write_inspection(pred, results, run.folder, model, checkpoint, policy)
+            self.say(f"report: {self.reports[category]}")
         return results
 
 

@@ -244,11 +244,12 @@ def tpr_at_fpr(scores: Any, labels: Any, max_fpr: float) -> float:
 
 def rates_at_threshold(scores: Any, labels: Any, threshold: float) -> tuple[float, float]:
     """(TPR, FPR) when scores >= ``threshold`` are flagged; each NaN when its class is absent or the threshold
-    is NaN."""
+    is NaN. The comparison is in float64, as a single image's verdict (``score >= threshold`` in Python) is: a
+    threshold between two float32 values is not rounded onto one of them."""
     s, y = _prepare(scores, labels)
     if np.isnan(threshold):
         return float("nan"), float("nan")
-    flagged = s >= threshold
+    flagged = s.astype(np.float64, copy=False) >= float(threshold)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     tpr = float((flagged & y).sum() / n_pos) if n_pos else float("nan")
     fpr = float((flagged & ~y).sum() / n_neg) if n_neg else float("nan")

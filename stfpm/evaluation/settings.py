@@ -25,5 +25,7 @@ class TestSettings(Section):
                                     kind=str, path="folder")
     fpr_limit: float = option(0.3, "AUPRO integrates up to this false positive rate", kind=float,
                               check=number(0, 1, low_open=True))
+    report: bool = option(True, "write report.html beside results.json: figures, plots, galleries of misses and false "
+                          "alarms, a threshold explorer (one file, opens offline)", kind=bool, negatable=True)
     save_images: bool = option(False, "also write per-image panels, ROC and histogram", kind=bool)
     strict: bool = option(False, "stop on any data problem instead of leaving unusable files out", kind=bool)

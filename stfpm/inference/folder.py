@@ -23,6 +23,7 @@ from stfpm.core.errors import DataError, STFPMError
 from stfpm.core.layout import Runs
 from stfpm.data.io import list_images
 from stfpm.data.mvtec import ImageFolderDataset, collate_readable
+from stfpm.inference.describe import run_facts
 from stfpm.inference.engine import run_inference
 from stfpm.inference.postprocess import Postprocessor
 from stfpm.inference.settings import DeviceSettings, EngineSettings, PredictSettings, ThresholdSettings
@@ -37,6 +38,8 @@ from stfpm.inference.writer import (
 )
 from stfpm.model.checkpoint import load_checkpoint
 from stfpm.model.lightning_model import STFPM
+from stfpm.reporting.page import REPORT_NAME, write_page
+from stfpm.reporting.prediction import prediction_page
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +157,10 @@ def predict_folder(
     root, paths = input_images(Path(settings.input).expanduser(), output)
     targets = plan_targets(paths, root, output, settings.heatmap_format)
     refuse_overwrite(targets, output, settings)
+    checkpoint = None
     if model is None:
-        model = load_checkpoint(Runs(Path(settings.runs_dir)).resolve(settings.checkpoint, settings.category))
+        checkpoint = Runs(Path(settings.runs_dir)).resolve(settings.checkpoint, settings.category)
+        model = load_checkpoint(checkpoint)
     postprocessor = Postprocessor(ThresholdPolicy.of(thresholds, model.thresholds), settings.min_defect_area)
     policy = postprocessor.policy
     done = finished_rows(targets, output, settings.save_raw, policy) if settings.resume else {}
@@ -175,6 +180,11 @@ def predict_folder(
     rows = sorted({**new_rows, **done}.values(), key=lambda r: r["path"])
     if rows:
         write_tables(rows, output, settings.json)
+        if settings.report:
+            files = {t.relative: (t.heatmap, t.mask) for t in targets}
+            facts = run_facts(model, checkpoint, policy)
+            write_page(output / REPORT_NAME, prediction_page(rows, files, output, facts,
+                                                             {**policy.as_dict(), **model.model.promise}, skipped))
     remove_journals(output)
     anomalous = sum(bool(r["is_anomalous"]) for r in rows)
     return FolderSummary(len(rows), written, anomalous, skipped, writer.elapsed, _rate(len(new_rows), writer.elapsed),

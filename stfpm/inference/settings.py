@@ -101,6 +101,8 @@ class PredictSettings(Section):
                                  "png (lossless) or none", choices=HEATMAP_FORMATS)
     save_raw: bool = option(False, "also write the float32 anomaly map as .npy", kind=bool)
     json: bool = option(False, "also write predictions.json", kind=bool)
+    report: bool = option(True, "write report.html in --output: counts, thresholds, score histogram, the images "
+                          "(anomalous first) linking to their files", kind=bool, negatable=True)
 
 
 EXPORT_FORMATS = ("exported_program", "torchscript", "onnx")

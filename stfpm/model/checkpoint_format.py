@@ -22,7 +22,7 @@ from stfpm.model.settings import CalibrationSettings, ModelSettings
 
 KEY = "stfpm"
 FORMAT_VERSION = 3
-RUN_FIELDS = ("category", "data_root")
+RUN_FIELDS = ("category", "data_root", "train_images", "validation_images", "calibrated_on")
 OFFICIAL_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "official.yaml"
 
 

@@ -236,6 +236,21 @@ class ModelSettings:
         return self.replace(student_backbone=b.student_backbone or b.backbone, layers=layers,
                             score_levels=list(resolve_score_levels(self.map.score_levels, len(layers))))
 
+    def facts(self) -> list[tuple[str, str]]:
+        """The model in a few labelled lines, as the reports show it."""
+        b, i, m, c = self.networks, self.input, self.map, self.calibration
+        size = i.image_size if isinstance(i.image_size, int) else "x".join(map(str, i.image_size))
+        tiles = "none" if not i.tile_size else f"tiles of {i.tile_size} px, overlap {i.tile_overlap:g}"
+        return [
+            ("teacher", f"{b.backbone} ({b.teacher_weights}), levels {', '.join(b.layers or ()) or 'default'}"),
+            ("student", f"{b.student_backbone or b.backbone}, initialised {b.student_init}"),
+            ("input", f"{size} px{', aspect kept' if i.keep_aspect else ''}, augmentation {i.augment}"),
+            ("tiling", tiles),
+            ("map", f"{m.map_fusion} fusion, normalization {m.map_normalization}, score: top "
+                    f"{m.score_fraction:g} of levels {m.score_levels}"),
+            ("calibration", f"{c.calibration} (target {100 * c.target_false_alarms:g}% false alarms, tail {c.tail})"),
+        ]
+
     def summary(self) -> dict[str, Any]:
         """What test.py's results name of the model."""
         b = self.networks

@@ -185,6 +185,7 @@ def fit_category(settings: TrainSettings, category: str) -> FitResult:
         datamodule = MVTecDataModule(data, model.preprocessing(), t.seed, split=(images, []))
         log.info("cross-fitted calibration: %d students, each without one fold of the %d good training images, give "
                  "the out-of-sample maps; the shipped student trains on all of them", students, len(images))
+    _record_images(model, len(images) if cross else preflight.counts.get("training", 0), validation, students)
     warning = model.few_validation_warning(len(images) if cross else validation,
                                            _CROSS_FITTED if cross else "validation images")
     if warning and (has_val or cross):
@@ -219,6 +220,14 @@ def fit_category(settings: TrainSettings, category: str) -> FitResult:
 
 
 _CROSS_FITTED = "cross-fitted training images"
+
+
+def _record_images(model: STFPM, training: int, validation: int, students: int) -> None:
+    """What the checkpoint's reports say of the images the run trained and calibrated on."""
+    fitted = (f"{training} {_CROSS_FITTED} ({students} students)" if students
+              else f"{validation} validation images" if validation else "none (no validation images)")
+    model.run_info.update(train_images=str(training), validation_images=str(0 if students else validation),
+                          calibrated_on=fitted)
 
 
 def _cross_fit(trainer: pl.Trainer, model: STFPM, students: Folds, run: Run, best: Any, interrupted: bool) -> None:

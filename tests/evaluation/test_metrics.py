@@ -301,6 +301,24 @@ def test_rates_at_threshold_hand_built() -> None:
     assert all(math.isnan(v) for v in rates_at_threshold(scores, labels, float("nan")))
 
 
+def test_rates_at_a_threshold_between_float32_scores_agree_with_each_verdict() -> None:
+    """test.py's rates count what predict.py flags (``float(score) >= threshold``): a threshold just above a float32
+    score is not rounded down onto it."""
+    from stfpm.evaluation.metrics import rates_at_threshold
+    from stfpm.inference.thresholding import ThresholdPolicy
+
+    scores = np.array([0.1, 0.3, 0.7, 0.9], np.float32)
+    labels = np.array([0, 1, 0, 1])
+    for score in scores.tolist():
+        threshold = float(np.nextafter(score, math.inf))  # above the score, closer to it than to any other float32
+        policy = ThresholdPolicy(threshold, 0.5)
+        flagged = [policy.is_anomalous(float(s)) for s in scores]
+        tpr, fpr = rates_at_threshold(scores, labels, threshold)
+        assert tpr == sum(f for f, y in zip(flagged, labels) if y) / 2
+        assert fpr == sum(f for f, y in zip(flagged, labels) if not y) / 2
+        assert not policy.is_anomalous(score)
+
+
 def test_overlap_at_threshold_hand_built() -> None:
     from stfpm.evaluation.metrics import overlap_at_threshold
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,7 @@ def test_resume_after_a_crash_finishes_without_rewriting(trained_run, folder, tm
     for path, row in rows.items():
         assert float(row["image_score"]) == pytest.approx(float(reference[path]["image_score"]), rel=1e-6)
     assert not list(out.glob(".predictions.rank*.jsonl"))  # journals merged into the table
+    assert _report_cards(out) == sorted(rows)  # the report holds every image, the earlier run's too
 
     calls.clear()
     monkeypatch.setattr(MaskWriter, "_write", crashing)
@@ -120,6 +122,12 @@ def test_resume_refuses_outputs_of_other_thresholds(trained_run, folder, tmp_pat
     assert predict_main(base) == 0
     assert run(predict_main, [*base, "--resume", "--threshold", "123"]) == 2
     assert "other thresholds" in capsys.readouterr().err
+
+
+def _report_cards(out: Path) -> list[str]:
+    """The images predict.py's report shows, by path."""
+    page = (out / "report.html").read_text()
+    return sorted(re.findall(r'<div class="name">([^<]*)</div>', page))
 
 
 def _python(script: str, *argv: str) -> subprocess.CompletedProcess:
@@ -136,6 +144,8 @@ def test_predict_on_two_cpu_processes_writes_each_output_once(trained_run, folde
     assert done.stdout.count("6 images") == 1 and "(6 written" in done.stdout  # one report; no image scored twice
     one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
     assert set(one) == set(two) and len(two) == 6
+    assert _report_cards(tmp_path / "two") == sorted(two)  # one page, every process's images
+    assert not list((tmp_path / "two").glob(".*.tmp"))
     for path in one:
         stem = path.rsplit(".", 1)[0]
         assert float(two[path]["image_score"]) == pytest.approx(float(one[path]["image_score"]), rel=1e-5)
