@@ -148,6 +148,8 @@ def browser():
     driver_path = next((shutil.which(d) for d in DRIVERS if shutil.which(d)), None)
     if not binary or not driver_path:
         _missing("no Chromium and chromedriver on PATH")
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for drivers or report statistics online
+    os.environ.setdefault("SE_AVOID_STATS", "true")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
