@@ -28,6 +28,7 @@ from stfpm.data.mvtec import (
 )
 from stfpm.data.preflight import PreflightReport, check_test, check_train
 from stfpm.data.settings import DataSettings
+from stfpm.data.workers import worker_init
 from stfpm.core.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ class MVTecDataModule(pl.LightningDataModule):
             sampler=EpochRandomSampler(dataset, self.seed) if shuffle else None,
             drop_last=False,
             num_workers=workers,
+            worker_init_fn=worker_init if workers else None,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
         )

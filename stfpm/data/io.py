@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
@@ -114,6 +114,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # 'L', '1', 'P', 'CMYK', 'YCbCr', ...
 
 
+ORIENTATION = 0x0112  # the EXIF tag
+TURNED = (5, 6, 7, 8)  # orientations that swap width and height
+
+
 def image_header(path: Path, verify: bool = False) -> tuple[tuple[int, int] | None, str | None]:
     """((width, height), None) from the file's header, without decoding its pixels, or (None, reason) for a
     file that is not a readable image; ``verify`` also runs PIL's check of the file's structure (for PNG, every
@@ -122,7 +126,14 @@ def image_header(path: Path, verify: bool = False) -> tuple[tuple[int, int] | No
         with Image.open(path) as img:
             size = img.size
             if verify:
-                img.verify()
+                img.verify()  # must come first after opening, and leaves the image unusable
+            else:
+                turned = img.getexif().get(ORIENTATION, 1) in TURNED
+        if verify:
+            with Image.open(path) as img:
+                turned = img.getexif().get(ORIENTATION, 1) in TURNED
+        if turned:
+            size = (size[1], size[0])  # as a viewer shows it, and as load_image returns it
     except READ_ERRORS as exc:
         return None, one_line(exc)
     if size[0] < 1 or size[1] < 1:
@@ -130,12 +141,21 @@ def image_header(path: Path, verify: bool = False) -> tuple[tuple[int, int] | No
     return size, None
 
 
+def upright(img: Image.Image) -> Image.Image:
+    """The image as a viewer shows it: turned and mirrored as its EXIF orientation says (camera and phone photos);
+    the image itself when it says nothing or "as stored"."""
+    if img.getexif().get(ORIENTATION, 1) == 1:
+        return img
+    return ImageOps.exif_transpose(img)
+
+
 def _open_decoded(path: Path, what: str) -> Image.Image:
-    """Open and fully decode a file, so truncated data fails here rather than deep inside a DataLoader."""
+    """Open and fully decode a file, so truncated data fails here rather than deep inside a DataLoader; the
+    pixels come upright (:func:`upright`)."""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.copy()
+            return upright(img.copy())
     except READ_ERRORS as exc:
         raise OneLineImageReadError(f"cannot read {what} {path}: {one_line(exc)}") from exc
 

@@ -23,6 +23,7 @@ from stfpm.core.errors import DataError, STFPMError
 from stfpm.core.layout import Runs
 from stfpm.data.io import list_images
 from stfpm.data.mvtec import ImageFolderDataset, collate_readable
+from stfpm.data.workers import worker_init
 from stfpm.inference.describe import run_facts
 from stfpm.inference.engine import run_inference
 from stfpm.inference.postprocess import Postprocessor
@@ -130,7 +131,8 @@ def _score(model: STFPM, todo: list[Target], writer: MaskWriter, engine: EngineS
     """Score and write ``todo``; True on the first process (the one that merges the tables)."""
     dataset = ImageFolderDataset([t.source for t in todo], model.preprocessing(), keep_source=True, skip_unreadable=True)
     loader = DataLoader(dataset, batch_size=engine.batch_size, num_workers=engine.num_workers,
-                        collate_fn=collate_readable, pin_memory=torch.cuda.is_available())
+                        worker_init_fn=worker_init if engine.num_workers else None, collate_fn=collate_readable,
+                        pin_memory=torch.cuda.is_available())
     try:
         trainer = run_inference(model, loader, devices, [writer])
     finally:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from stfpm.core.errors import STFPMError
 from stfpm.data import load_image
+from stfpm.data.io import upright
 from stfpm.inference.folder import FolderSummary, predict_folder
 from stfpm.inference.postprocess import Postprocessor, Prediction
 from stfpm.inference.settings import DeviceSettings, EngineSettings, PredictSettings, ThresholdSettings, autocast_dtype
@@ -115,10 +116,12 @@ class Predictor:
         return predict_folder(settings, EngineSettings(**engine_options), devices, self.thresholds, self.model)
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> Prediction | list[Prediction]:
-        """Score one image (PIL, numpy HxW/HxWxC uint8, or a path) or a list of them."""
+        """Score one image (PIL, numpy HxW/HxWxC uint8, or a path) or a list of them; files and PIL images are
+        taken upright, as their EXIF orientation says."""
         single = isinstance(images, (Image.Image, np.ndarray, str, Path))
         items: list[ImageInput] = [images] if single else list(images)  # type: ignore[list-item, arg-type]
-        pils = [load_image(i) if isinstance(i, (str, Path)) else i for i in items]
+        pils = [load_image(i) if isinstance(i, (str, Path)) else upright(i) if isinstance(i, Image.Image) else i
+                for i in items]
         sizes = [(p.height, p.width) if isinstance(p, Image.Image) else (p.shape[0], p.shape[1]) for p in pils]
         batch = torch.stack([self.transform(p) for p in pils])
         results = self.predict_batch(batch, sizes)

@@ -126,3 +126,36 @@ def test_predictor_api_accepts_pil_numpy_paths_and_batches(trained_run, inputs) 
     batch = predictor.predict([pil, np.asarray(pil), inputs / "wide.png"])
     assert len(batch) == 3
     assert batch[0].score == pytest.approx(one.score, rel=1e-5) == pytest.approx(batch[2].score, rel=1e-5)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8, 5])
+def test_photos_with_an_exif_orientation_come_back_as_a_viewer_shows_them(trained_run, tiny_data, tmp_path,
+                                                                         orientation) -> None:
+    """A camera stores the pixels as shot and says in EXIF how to turn them: masks, maps and the size in the table
+    follow the upright image, in predict.py and in the Predictor alike."""
+    source = Image.open(next((tiny_data / "tiny" / "test" / "hole").glob("*.png"))).convert("RGB").resize((72, 40))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored, upright = tmp_path / "turned", tmp_path / "upright"
+    stored.mkdir(), upright.mkdir()
+    source.save(stored / "photo.jpg", quality=100, exif=exif.tobytes())
+    with Image.open(stored / "photo.jpg") as shot:  # the same decoded pixels, turned by hand, stored without EXIF
+        turned = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                  8: Image.Transpose.ROTATE_90}[orientation]
+        shot.convert("RGB").transpose(turned).save(upright / "photo.png")
+    before = (stored / "photo.jpg").read_bytes()
+    base = ["--checkpoint", str(trained_run["checkpoint"]), "--num-workers", "0", "--accelerator", "cpu"]
+    for folder in (stored, upright):
+        assert predict_main([*base, "--input", str(folder), "--output", str(folder / "out"), "--save-raw"]) == 0
+    mask = np.asarray(Image.open(stored / "out" / "photo_mask.png"))
+    expected = np.asarray(Image.open(upright / "out" / "photo_mask.png"))
+    assert mask.shape == expected.shape == ((40, 72) if orientation == 3 else (72, 40))
+    np.testing.assert_array_equal(mask, expected)
+    np.testing.assert_allclose(np.load(stored / "out" / "photo_map.npy"), np.load(upright / "out" / "photo_map.npy"),
+                               rtol=1e-5, atol=1e-6)
+    assert Image.open(stored / "out" / "photo_heatmap.jpg").size == Image.open(upright / "out" / "photo_heatmap.jpg").size
+    predictor = Predictor.from_checkpoint(trained_run["checkpoint"], device="cpu")
+    with Image.open(stored / "photo.jpg") as opened:
+        np.testing.assert_array_equal(predictor.predict(opened).mask, expected)
+    np.testing.assert_array_equal(predictor.predict(stored / "photo.jpg").mask, expected)
+    assert (stored / "photo.jpg").read_bytes() == before  # the input is never modified

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -194,3 +195,60 @@ def test_folder_prediction_from_python_equals_predict_py(trained_run, folder, tm
     assert again.images == 6 and again.written == 0  # nothing left to do
     with pytest.raises(STFPMError, match="already exist"):
         predictor.predict_folder(folder, tmp_path / "api", num_workers=0)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
+def test_a_killed_predict_leaves_no_data_loading_worker_behind(trained_run, tmp_path) -> None:
+    import signal
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), np.uint8)
+    for i in range(80):
+        Image.fromarray(np.roll(noise, i, axis=1)).save(folder / f"{i:03d}.png")
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "predict.py"), "--checkpoint", str(trained_run["checkpoint"]), "--input",
+         str(folder), "--output", str(out), "--num-workers", "2", "--batch-size", "1", "--accelerator", "cpu"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        journal, deadline = out / ".predictions.rank0.jsonl", time.monotonic() + 120
+        while time.monotonic() < deadline and not (journal.is_file() and len(journal.read_text().splitlines()) >= 3):
+            assert process.poll() is None, "predict.py ended before it could be killed"
+            time.sleep(0.2)
+        workers = _children(process.pid)
+        assert len(workers) >= 2, workers  # mid-run: its data-loading workers are up
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.2)
+        assert not [w for w in workers if _alive(w)]
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for worker in workers or _children(process.pid):
+            if _alive(worker):
+                os.kill(worker, signal.SIGKILL)  # what a failed run would leave
