@@ -38,7 +38,7 @@ def _checkpoint(path: Path, backbone: str, image_size: int) -> None:
     model.model.image_threshold.fill_(0.5)
     model.model.pixel_threshold.fill_(0.5)
     checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": model.settings.as_dict()}
-    checkpoint_format.stamp(checkpoint, {})
+    checkpoint_format.stamp(checkpoint, {}, [])
     torch.save(checkpoint, path)
 
 

@@ -1,4 +1,4 @@
-"""The command-line entry points (one module each: train, test, predict, export, download) and their shared
+"""The command-line entry points (one module each: train, test, predict, export, download, serve) and their shared
 plumbing: logging, the error convention (`error: <one line>` on stderr, exit code 2, no traceback) and which
 option sections each command reads.
 
@@ -24,6 +24,7 @@ def commands() -> dict[str, Sequence[type[Section]]]:
     (Imported when asked: `stfpm-download` needs none of the model's packages.)"""
     from stfpm.evaluation.settings import TestSettings
     from stfpm.inference.settings import DeviceSettings, EngineSettings, ExportSettings, PredictSettings, ThresholdSettings
+    from stfpm.serving.settings import ServeSettings
     from stfpm.tools.settings import DownloadSettings
     from stfpm.training.fitting import TrainSettings
 
@@ -32,6 +33,7 @@ def commands() -> dict[str, Sequence[type[Section]]]:
         "test.py": (TestSettings, EngineSettings, DeviceSettings, ThresholdSettings),
         "predict.py": (PredictSettings, EngineSettings, DeviceSettings, ThresholdSettings),
         "stfpm-export": (ExportSettings, ThresholdSettings),
+        "stfpm-serve": (ServeSettings, DeviceSettings, ThresholdSettings),
         "stfpm-download": (DownloadSettings,),
     }
 

@@ -9,15 +9,17 @@ traceback.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import struct
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
@@ -170,6 +172,32 @@ def load_image(path: str | Path) -> Image.Image:
         return to_rgb(img)
     except READ_ERRORS as exc:
         raise OneLineImageReadError(f"cannot read image {path}: {one_line(exc)}") from exc
+
+
+class ImageTooLarge(DataError):
+    """An image whose pixel count is over the limit (a decompression bomb, or simply too large to score)."""
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Bytes of an image file (an upload) as 8-bit RGB, upright, like :func:`load_image` reads a file; refused in one
+    line when empty, not an image, truncated or of more than ``max_pixels`` pixels (checked before decoding)."""
+    if not data:
+        raise OneLineImageReadError("empty upload: no image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels is the limit that applies
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageTooLarge(f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
+                img.load()
+                return to_rgb(upright(img.copy()))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image refused as a decompression bomb: {one_line(exc)}") from exc
+    except UnidentifiedImageError as exc:
+        raise OneLineImageReadError("not an image: no image format recognised in the upload") from exc
+    except READ_ERRORS as exc:
+        raise OneLineImageReadError(f"not a readable image: {one_line(exc)}") from exc
 
 
 def load_mask(path: str | Path) -> np.ndarray:

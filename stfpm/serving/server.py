@@ -1,0 +1,72 @@
+"""stfpm-serve's work: load the model once, warm it up, and serve it with uvicorn on one socket.
+
+FastAPI with uvicorn rather than LitServe: the service is one process holding one model, its network calls
+batched by one thread, so a scheduler's SIGKILL leaves nothing behind and memory is the model's once; decoding and
+postprocessing run in the server's thread pool. LitServe would run the model in worker processes of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import torch
+
+from stfpm.core.errors import STFPMError
+from stfpm.core.layout import Runs
+from stfpm.inference.predictor import Predictor
+from stfpm.inference.settings import DeviceSettings, ThresholdSettings
+from stfpm.serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+def device_of(devices: DeviceSettings) -> str:
+    """The one device the service runs on, from the shared device options."""
+    accelerator = devices.accelerator.lower()
+    if accelerator in ("gpu", "cuda"):
+        index = devices.devices[0] if isinstance(devices.devices, list) and devices.devices else 0
+        return f"cuda:{index}"
+    return "cpu" if accelerator == "cpu" else "auto"
+
+
+def load(settings: ServeSettings, devices: DeviceSettings, thresholds: ThresholdSettings) -> tuple[Predictor, Path]:
+    """The checkpoint's model as a :class:`Predictor`, warmed up with one batch."""
+    thresholds.check_paths()
+    checkpoint = Runs(Path(settings.runs_dir)).resolve(settings.checkpoint, settings.category)
+    predictor = Predictor.from_checkpoint(
+        checkpoint, device=device_of(devices), precision=devices.precision, image_threshold=thresholds.image_threshold,
+        pixel_threshold=thresholds.threshold, thresholds_from=thresholds.thresholds_from)
+    height, width = predictor.transform.size
+    predictor.anomaly_maps(torch.zeros(1, 3, height, width))
+    return predictor, checkpoint
+
+
+def serve(settings: ServeSettings, devices: DeviceSettings, thresholds: ThresholdSettings) -> None:
+    """Serve until interrupted (Ctrl-C, SIGTERM)."""
+    try:
+        import uvicorn
+
+        from stfpm.serving.app import create_app
+    except ImportError as exc:
+        raise STFPMError(f"stfpm-serve needs the serving extras: pip install 'stfpm[serve]' ({exc})") from exc
+    predictor, checkpoint = load(settings, devices, thresholds)
+    model = {"checkpoint": str(checkpoint), "category": predictor.model.run_info.get("category"),
+             "device": str(predictor.device), "precision": predictor.precision}
+    app = create_app(predictor, settings, model)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((settings.host, settings.port))
+    except OSError as exc:
+        raise STFPMError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
+    host, port = listener.getsockname()[:2]
+    print(f"serving {checkpoint} on http://{host}:{port} (POST /predict, GET /health)", flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    try:
+        uvicorn.Server(config).run(sockets=[listener])
+    finally:
+        app.state.batcher.close()
+        listener.close()
