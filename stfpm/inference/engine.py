@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from stfpm.core.errors import STFPMError, one_line
-from stfpm.inference.settings import DeviceSettings
+from stfpm.inference.settings import DeviceSettings, resolve_precision
 from stfpm.model.lightning_model import STFPM
 
 TRAINING_DEVICES = "auto"
@@ -29,19 +29,20 @@ def build_trainer(devices: DeviceSettings, default_devices: str | int, **kwargs:
     """A Trainer on the requested accelerator/devices/strategy/precision; a device that does not exist, or a setting
     Lightning refuses, is a one-line error instead of a traceback."""
     count = default_devices if devices.devices is None else devices.devices
+    precision = resolve_precision(devices.precision, devices.accelerator)
     try:
         return pl.Trainer(
             accelerator=devices.accelerator,
             devices=count,
             strategy=devices.strategy,
             num_nodes=devices.num_nodes,
-            precision=devices.precision,  # type: ignore[arg-type]
+            precision=precision,  # type: ignore[arg-type]
             **kwargs,
         )
     except (MisconfigurationException, ValueError, RuntimeError, TypeError) as exc:
         raise STFPMError(
             f"cannot run with --accelerator {devices.accelerator} --devices {count} --strategy {devices.strategy} "
-            f"--precision {devices.precision}: {one_line(exc)}"
+            f"--precision {precision}: {one_line(exc)}"
         ) from exc
 
 

@@ -27,7 +27,14 @@ from stfpm.data import load_image
 from stfpm.data.io import upright
 from stfpm.inference.folder import FolderSummary, predict_folder
 from stfpm.inference.postprocess import Postprocessor, Prediction
-from stfpm.inference.settings import DeviceSettings, EngineSettings, PredictSettings, ThresholdSettings, autocast_dtype
+from stfpm.inference.settings import (
+    DeviceSettings,
+    EngineSettings,
+    PredictSettings,
+    ThresholdSettings,
+    autocast_dtype,
+    resolve_precision,
+)
 from stfpm.inference.thresholding import ThresholdPolicy
 from stfpm.model.checkpoint import load_checkpoint
 from stfpm.model.lightning_model import STFPM
@@ -63,9 +70,9 @@ class Predictor:
         precision: str = "32-true",
         thresholds_from: str | Path | None = None,
     ) -> None:
-        self.dtype = autocast_dtype(precision)
-        self.precision = precision
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, "cuda" if self.device.type == "cuda" else self.device.type)
+        self.dtype = autocast_dtype(self.precision)
         self.model = model.to(self.device)
         self.model.prepare_for_inference()
         self.transform = model.preprocessing()

@@ -12,11 +12,32 @@ from stfpm.core.errors import ConfigError
 from stfpm.core.options import Section, finite, integer, option
 from stfpm.data.settings import DEFAULT_WORKERS, WORKERS_SHOWN
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "bf16", "16")
-"""Lightning's precision names, the one vocabulary of every command and of :class:`Predictor`."""
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "bf16", "16", "auto")
+"""Lightning's precision names, the one vocabulary of every command and of :class:`Predictor`; ``auto`` is ours
+(:func:`resolve_precision`)."""
 
 _AUTOCAST = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16,
              "16-mixed": torch.float16, "16": torch.float16}
+
+
+def has_bf16(accelerator: str) -> bool:
+    """Whether the device computes in bfloat16 natively: a CUDA GPU that supports it, or a processor with AVX512-BF16
+    or AMX instructions (Linux's /proc/cpuinfo; elsewhere assumed not)."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16-mixed where the device computes in bfloat16 natively, else 32-true; any other name as given."""
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if has_bf16(accelerator.lower()) else "32-true"
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -54,7 +75,8 @@ class DeviceSettings(Section):
         shown_default="auto for train.py, 1 for test.py and predict.py")
     strategy: str = option("auto", "auto, ddp, ... (ddp splits the images over --devices)", kind=str)
     num_nodes: int = option(1, "machines taking part (with --strategy ddp)", kind=int, check=integer(1))
-    precision: str = option("32-true", "32-true, bf16-mixed, 16-mixed, ... (Lightning's)", choices=PRECISIONS)
+    precision: str = option("32-true", "32-true, bf16-mixed, 16-mixed, ... (Lightning's), or auto: bf16-mixed where "
+                            "the processor or GPU computes in bfloat16 natively, else 32-true", choices=PRECISIONS)
 
 
 @dataclass(frozen=True)

@@ -252,3 +252,16 @@ def test_a_killed_predict_leaves_no_data_loading_worker_behind(trained_run, tmp_
         for worker in workers or _children(process.pid):
             if _alive(worker):
                 os.kill(worker, signal.SIGKILL)  # what a failed run would leave
+
+
+def test_precision_auto_is_bf16_only_where_the_device_computes_in_it(trained_run, monkeypatch) -> None:
+    from stfpm.inference import settings
+    from stfpm.inference.predictor import Predictor
+
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(settings, "has_bf16", lambda accelerator, native=native: native)
+        assert settings.resolve_precision("auto", "cpu") == expected
+        assert settings.resolve_precision("16-mixed", "cpu") == "16-mixed"  # a name given is kept
+        predictor = Predictor.from_checkpoint(trained_run["checkpoint"], device="cpu", precision="auto")
+        assert predictor.precision == expected
+    assert isinstance(settings.has_bf16("cpu"), bool)
