@@ -151,15 +151,33 @@ def upright(img: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(img)
 
 
-def _open_decoded(path: Path, what: str) -> Image.Image:
-    """Open and fully decode a file, so truncated data fails here rather than deep inside a DataLoader; the
-    pixels come upright (:func:`upright`)."""
+class ImageTooLarge(OneLineImageReadError):
+    """An image whose pixel count is over the limit (a decompression bomb, or simply too large to score)."""
+
+
+def _open_decoded(source: Path | io.BytesIO, what: str, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode a file (or an upload's bytes), so truncated data fails here rather than deep inside a
+    DataLoader; the pixels come upright (:func:`upright`). With ``max_pixels``, a larger image is refused from its
+    header, before decoding."""
+    name = f"{what} {source}" if isinstance(source, Path) else what
     try:
-        with Image.open(path) as img:
-            img.load()
-            return upright(img.copy())
+        with warnings.catch_warnings():
+            if max_pixels is not None:  # the limit given is the one that applies
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                if max_pixels is not None and img.width * img.height > max_pixels:
+                    raise ImageTooLarge(f"{name} of {img.width}x{img.height} pixels is over the limit of "
+                                        f"{max_pixels} pixels")
+                img.load()
+                return upright(img.copy())
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{name} refused as a decompression bomb: {one_line(exc)}") from exc
+    except UnidentifiedImageError as exc:
+        if isinstance(source, Path):
+            raise OneLineImageReadError(f"cannot read {name}: {one_line(exc)}") from exc
+        raise OneLineImageReadError(f"{name} is not an image: no image format recognised") from exc
     except READ_ERRORS as exc:
-        raise OneLineImageReadError(f"cannot read {what} {path}: {one_line(exc)}") from exc
+        raise OneLineImageReadError(f"cannot read {name}: {one_line(exc)}") from exc
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -174,30 +192,16 @@ def load_image(path: str | Path) -> Image.Image:
         raise OneLineImageReadError(f"cannot read image {path}: {one_line(exc)}") from exc
 
 
-class ImageTooLarge(DataError):
-    """An image whose pixel count is over the limit (a decompression bomb, or simply too large to score)."""
-
-
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Bytes of an image file (an upload) as 8-bit RGB, upright, like :func:`load_image` reads a file; refused in one
-    line when empty, not an image, truncated or of more than ``max_pixels`` pixels (checked before decoding)."""
+    """Bytes of an image file (an upload) as 8-bit RGB, upright, as :func:`load_image` reads a file; refused in one
+    line when empty, not an image, truncated or of more than ``max_pixels`` pixels (:class:`ImageTooLarge`)."""
     if not data:
         raise OneLineImageReadError("empty upload: no image bytes")
+    img = _open_decoded(io.BytesIO(data), "upload", max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels is the limit that applies
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise ImageTooLarge(f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels")
-                img.load()
-                return to_rgb(upright(img.copy()))
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"image refused as a decompression bomb: {one_line(exc)}") from exc
-    except UnidentifiedImageError as exc:
-        raise OneLineImageReadError("not an image: no image format recognised in the upload") from exc
+        return to_rgb(img)
     except READ_ERRORS as exc:
-        raise OneLineImageReadError(f"not a readable image: {one_line(exc)}") from exc
+        raise OneLineImageReadError(f"cannot read upload: {one_line(exc)}") from exc
 
 
 def load_mask(path: str | Path) -> np.ndarray:

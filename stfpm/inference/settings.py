@@ -78,6 +78,14 @@ class DeviceSettings(Section):
     precision: str = option("32-true", "32-true, bf16-mixed, 16-mixed, ... (Lightning's), or auto: bf16-mixed where "
                             "the processor or GPU computes in bfloat16 natively, else 32-true", choices=PRECISIONS)
 
+    def one_device(self) -> str:
+        """The single device an in-process model runs on (:class:`Predictor`, the service): ``cuda:N`` (the first
+        of ``--devices``), ``cpu``, or ``auto``."""
+        accelerator = self.accelerator.lower()
+        if accelerator in ("gpu", "cuda"):
+            return f"cuda:{self.devices[0] if isinstance(self.devices, list) and self.devices else 0}"
+        return "cpu" if accelerator == "cpu" else "auto"
+
 
 @dataclass(frozen=True)
 class EngineSettings(Section):

@@ -22,21 +22,12 @@ from stfpm.serving.settings import ServeSettings
 log = logging.getLogger(__name__)
 
 
-def device_of(devices: DeviceSettings) -> str:
-    """The one device the service runs on, from the shared device options."""
-    accelerator = devices.accelerator.lower()
-    if accelerator in ("gpu", "cuda"):
-        index = devices.devices[0] if isinstance(devices.devices, list) and devices.devices else 0
-        return f"cuda:{index}"
-    return "cpu" if accelerator == "cpu" else "auto"
-
-
 def load(settings: ServeSettings, devices: DeviceSettings, thresholds: ThresholdSettings) -> tuple[Predictor, Path]:
     """The checkpoint's model as a :class:`Predictor`, warmed up with one batch."""
     thresholds.check_paths()
     checkpoint = Runs(Path(settings.runs_dir)).resolve(settings.checkpoint, settings.category)
     predictor = Predictor.from_checkpoint(
-        checkpoint, device=device_of(devices), precision=devices.precision, image_threshold=thresholds.image_threshold,
+        checkpoint, device=devices.one_device(), precision=devices.precision, image_threshold=thresholds.image_threshold,
         pixel_threshold=thresholds.threshold, thresholds_from=thresholds.thresholds_from)
     height, width = predictor.transform.size
     predictor.anomaly_maps(torch.zeros(1, 3, height, width))

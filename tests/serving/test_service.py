@@ -67,6 +67,7 @@ def test_decoding_refuses_each_kind_of_bad_upload_in_one_line(photos) -> None:
         with pytest.raises(ImageTooLarge if upload.expected == 413 else DataError) as caught:
             decode_image(upload.body, 50_000_000)
         assert "\n" not in str(caught.value) and "object at" not in str(caught.value), upload.name
+        assert isinstance(caught.value, ImageTooLarge) == (upload.expected == 413), upload.name
     assert decode_image(good, 50_000_000).mode == "RGB"
     with pytest.raises(ImageTooLarge, match="over the limit"):
         decode_image(good, 10)
