@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
           f"pixel AUPRO {results['pixel_aupro']:.4f}")
     print(f"metrics:      {run_dir / 'results.json'} (and results.md, results.csv, roc_curve.png)")
     print(f"test panels:  {run_dir / 'images'}  (input | ground truth | heatmap | mask)")
+    print(f"report:       {run_dir / 'report.html'}  (open it in a browser: galleries, threshold explorer)")
     print(f"masks, heatmaps: {predictions}  (predictions.csv lists scores and decisions)")
     return 0
 
