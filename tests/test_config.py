@@ -32,7 +32,7 @@ def test_every_option_is_declared_once_in_one_section_and_sections_are_unique() 
         names = [n for cls in sections for n in cls.names()]
         assert len(names) == len(set(names)), command  # one flag, one field
     shared = {cls.name for cls in table[TEST]} & {cls.name for cls in table[PREDICT]}
-    assert shared == {"engine", "devices", "thresholds"}
+    assert shared == {"engine", "devices", "runtime", "thresholds"}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])

@@ -23,17 +23,26 @@ def commands() -> dict[str, Sequence[type[Section]]]:
     """The option sections of each command; a config file may hold any of them, each command reads its own.
     (Imported when asked: `stfpm-download` needs none of the model's packages.)"""
     from stfpm.evaluation.settings import TestSettings
-    from stfpm.inference.settings import DeviceSettings, EngineSettings, ExportSettings, PredictSettings, ThresholdSettings
+    from stfpm.inference.settings import (
+        DeviceSettings,
+        EngineSettings,
+        ExportSettings,
+        PostprocessSettings,
+        PredictSettings,
+        RuntimeSettings,
+        ThresholdSettings,
+    )
     from stfpm.serving.settings import ServeSettings
     from stfpm.tools.settings import DownloadSettings
     from stfpm.training.fitting import TrainSettings
 
     return {
         "train.py": TrainSettings.SECTIONS,
-        "test.py": (TestSettings, EngineSettings, DeviceSettings, ThresholdSettings),
-        "predict.py": (PredictSettings, EngineSettings, DeviceSettings, ThresholdSettings),
+        "test.py": (TestSettings, EngineSettings, DeviceSettings, RuntimeSettings, ThresholdSettings),
+        "predict.py": (PredictSettings, PostprocessSettings, EngineSettings, DeviceSettings, RuntimeSettings,
+                       ThresholdSettings),
         "stfpm-export": (ExportSettings, ThresholdSettings),
-        "stfpm-serve": (ServeSettings, DeviceSettings, ThresholdSettings),
+        "stfpm-serve": (ServeSettings, PostprocessSettings, DeviceSettings, RuntimeSettings, ThresholdSettings),
         "stfpm-download": (DownloadSettings,),
     }
 

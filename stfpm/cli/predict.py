@@ -11,7 +11,8 @@ DESCRIPTION = "Write black/white defect masks (0/255) and heatmaps for new image
 
 def main(argv: list[str] | None = None) -> int:
     s = parse_command("predict.py", DESCRIPTION, argv)
-    summary = predict_folder(s["predict"], s["engine"], s["devices"], s["thresholds"])
+    summary = predict_folder(s["predict"], s["engine"], s["devices"], s["thresholds"], postprocess=s["postprocess"],
+                             runtime=s["runtime"])
     print(summary.line())
     if summary.images == 0:
         raise STFPMError("no image could be processed")

@@ -11,7 +11,7 @@ DESCRIPTION = ("Serve a trained model over HTTP: POST /predict with an image, GE
 
 def main(argv: list[str] | None = None) -> int:
     s = parse_command("stfpm-serve", DESCRIPTION, argv)
-    serve(s["serve"], s["devices"], s["thresholds"])
+    serve(s["serve"], s["devices"], s["thresholds"], s["postprocess"], s["runtime"])
     return 0
 
 

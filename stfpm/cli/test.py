@@ -10,7 +10,7 @@ DESCRIPTION = "Evaluate STFPM on the test split: image/pixel AUROC, pixel AUPRO,
 
 def main(argv: list[str] | None = None) -> int:
     s = parse_command("test.py", DESCRIPTION, argv)
-    Evaluation(s["test"], s["engine"], s["devices"], s["thresholds"]).run()
+    Evaluation(s["test"], s["engine"], s["devices"], s["thresholds"], s["runtime"]).run()
     return 0
 
 

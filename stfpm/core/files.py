@@ -39,3 +39,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Move a finished file written elsewhere in ``path``'s folder (by a library that writes to a path of its own) into
+    place, with the permissions of :func:`atomic_write_bytes`."""
+    os.chmod(tmp, _FILE_MODE)
+    os.replace(tmp, path)

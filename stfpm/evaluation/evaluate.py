@@ -3,6 +3,7 @@ results beside it."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable
@@ -17,15 +18,24 @@ from stfpm.data.datamodule import MVTecDataModule
 from stfpm.data.settings import DEFAULT_DATA_ROOT, DataSettings
 from stfpm.evaluation.metrics import roc_curve
 from stfpm.evaluation.report import write_index, write_inspection
-from stfpm.evaluation.results import TestPredictions, compute_metrics, predict_test_split, undefined_metrics_note
+from stfpm.evaluation.results import (
+    REFERENCE_NETWORK,
+    TestPredictions,
+    compute_metrics,
+    network_cost,
+    predict_test_split,
+    undefined_metrics_note,
+)
 from stfpm.evaluation.settings import TestSettings
 from stfpm.inference.postprocess import binary_mask
-from stfpm.inference.settings import DeviceSettings, EngineSettings, ThresholdSettings
+from stfpm.inference.runtime import attach, runtime_label
+from stfpm.inference.settings import DeviceSettings, EngineSettings, RuntimeSettings, ThresholdSettings
 from stfpm.inference.thresholding import ThresholdPolicy
 from stfpm.model.calibrate import supported_rate
 from stfpm.model.checkpoint import load_checkpoint
+from stfpm.model.lightning_model import STFPM
 from stfpm.reporting.panels import save_image_panels, save_roc_curves, save_score_histogram
-from stfpm.reporting.tables import write_category_results, write_summary
+from stfpm.reporting.tables import fmt, write_category_results, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +44,14 @@ class Evaluation:
     """test.py with its options; ``say`` receives what a user reads (tables, where the results are)."""
 
     def __init__(self, settings: TestSettings, engine: EngineSettings, devices: DeviceSettings,
-                 thresholds: ThresholdSettings, say: Callable[[str], None] = print) -> None:
+                 thresholds: ThresholdSettings, runtime: RuntimeSettings | None = None,
+                 say: Callable[[str], None] = print) -> None:
         settings.check_paths()
         thresholds.check_paths()
         self.settings, self.engine, self.devices, self.thresholds, self.say = settings, engine, devices, thresholds, say
+        self.runtime = runtime or RuntimeSettings()
+        self.runtime.check_paths()
+        self.network = runtime_label(self.runtime, devices)  # what runs the network, in words
         self.reports: dict[str, Path] = {}  # category -> its report.html
 
     def run(self) -> list[dict[str, Any]]:
@@ -78,7 +92,7 @@ class Evaluation:
         policy = ThresholdPolicy.of(self.thresholds, model.thresholds)
         run = Run(out_dir) if out_dir else Run.of_checkpoint(checkpoint)
         preflight = datamodule.preflight("test", strict=self.settings.strict, report_path=run.problems("test"))
-        pred, reporter = predict_test_split(model, datamodule, self.devices)
+        pred, reporter, cost = self.predict(model, datamodule, policy)
         if not reporter:  # under several processes, the first one reports
             return {}
         support = int(model.model.image_threshold_support)
@@ -93,11 +107,15 @@ class Evaluation:
             "checkpoint": str(checkpoint),
             "data_root": str(data_root),
             **model.settings.summary(),
+            "network": self.network,
+            **cost,
         }
         table = write_category_results(results, run.folder)
         if preflight.problems:
             preflight.save(run.problems("test"))
         self.say(f"\n{category} ({len(pred.scores)} test images, checkpoint {checkpoint})\n{table}")
+        if cost:
+            self.say(cost_line(results))
         note = undefined_metrics_note(results)
         if note:
             log.warning("%s: %s", category, note)
@@ -109,6 +127,31 @@ class Evaluation:
             self.reports[category] = write_inspection(pred, results, run.folder, model, checkpoint, policy)
             self.say(f"report: {self.reports[category]}")
         return results
+
+    def predict(self, model: STFPM, datamodule: MVTecDataModule, policy: ThresholdPolicy
+                ) -> tuple[TestPredictions, bool, dict[str, Any]]:
+        """The test split's predictions in the runtime and precision asked for, whether this process reports, and,
+        when that is not the reference (PyTorch at 32-true), what it costs against a reference pass."""
+        runs_on = attach(model, self.runtime, self.devices, [self.engine.batch_size])  # refuses what it cannot run
+        cost: dict[str, Any] = {}
+        reference = None
+        if self.network != REFERENCE_NETWORK:
+            network, model.network = model.network, None
+            reference, _ = predict_test_split(model, datamodule, dataclasses.replace(self.devices, precision="32-true"))
+            model.network = network
+        pred, reporter = predict_test_split(model, datamodule, runs_on)
+        if reference is not None and reporter:
+            cost = network_cost(reference, pred, policy)
+        return pred, reporter, cost
+
+
+def cost_line(results: dict[str, Any]) -> str:
+    """test.py's line on what the network it ran costs against the reference."""
+    return (f"{results['network']} against {results['reference_network']}: {results['decisions_changed']} of "
+            f"{results['n_images']} image decisions changed ({100 * results['decisions_agree']:.2f}% agree), image "
+            f"AUROC {fmt(results['reference_image_auroc'])} -> {fmt(results['image_auroc'])}, pixel AUROC "
+            f"{fmt(results['reference_pixel_auroc'])} -> {fmt(results['pixel_auroc'])}, largest score difference "
+            f"{results['max_score_difference']:.3g}")
 
 
 def save_visuals(pred: TestPredictions, results: dict[str, Any], out_dir: Path, policy: ThresholdPolicy) -> None:

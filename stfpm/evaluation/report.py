@@ -12,7 +12,7 @@ import numpy as np
 
 from stfpm.data.io import load_image
 from stfpm.evaluation.metrics import roc_curve
-from stfpm.evaluation.results import TestPredictions
+from stfpm.evaluation.results import REFERENCE_NETWORK, TestPredictions
 from stfpm.inference.describe import run_facts
 from stfpm.inference.thresholding import ThresholdPolicy
 from stfpm.model.lightning_model import STFPM
@@ -32,12 +32,22 @@ def _card(pred: TestPredictions, i: int, image_threshold: float, pixel_threshold
     ], [(data_uri(picture), "")])
 
 
-def _command(checkpoint: Path, policy: ThresholdPolicy, calibrated_pixel: float) -> tuple[str, str]:
-    """predict.py's command line up to the image threshold's value, and what follows it."""
+def _command(checkpoint: Path, policy: ThresholdPolicy, calibrated_pixel: float, network: str) -> tuple[str, str]:
+    """predict.py's command line up to the image threshold's value, and what follows it; with the runtime and
+    precision of the scores shown when they are not PyTorch's at 32-true."""
+    runtime, precision = network.split(" ", 1)
+    runs = "" if network == REFERENCE_NETWORK else f"--runtime {runtime} --precision {precision} "
     command = (f"python predict.py --checkpoint {shlex.quote(str(checkpoint))} --input NEW_IMAGES "
-               "--output predictions --image-threshold ")
+               f"--output predictions {runs}--image-threshold ")
     same = policy.pixel == calibrated_pixel or not math.isfinite(policy.pixel)
     return command, "" if same else f" --threshold {policy.pixel!r}"
+
+
+def cost_fact(results: dict[str, Any]) -> str:
+    """What the network that ran costs against the reference, in one line."""
+    return (f"{results['decisions_changed']} of {results['n_images']} image decisions changed; image AUROC "
+            f"{results['reference_image_auroc']:.4f} there, pixel AUROC {results['reference_pixel_auroc']:.4f}; "
+            f"largest score difference {results['max_score_difference']:.3g}")
 
 
 def write_inspection(pred: TestPredictions, results: dict[str, Any], folder: Path, model: STFPM, checkpoint: Path,
@@ -49,9 +59,13 @@ def write_inspection(pred: TestPredictions, results: dict[str, Any], folder: Pat
     galleries = {name: ([_card(pred, i, shown.image, shown.pixel) for i in chosen], total)
                  for name, (chosen, total) in gallery_indices(pred.scores, labels, shown.image).items()}
     both = 0 < labels.sum() < len(labels)
-    command, pixel_argument = _command(checkpoint, shown, model.thresholds[1])
+    network = results.get("network", REFERENCE_NETWORK)
+    command, pixel_argument = _command(checkpoint, shown, model.thresholds[1], network)
+    facts = run_facts(model, checkpoint, policy, network)
+    if "decisions_changed" in results:
+        facts.append((f"against {results['reference_network']}", cost_fact(results)))
     inspection = Inspection(
-        results=results, facts=run_facts(model, checkpoint, policy), scores=pred.scores, labels=labels,
+        results=results, facts=facts, scores=pred.scores, labels=labels,
         defect_types=list(pred.defect_types), roc=roc_curve(pred.scores, labels) if both else None,
         galleries=galleries, calibrated=policy.source == "calibrated", command=command,
         pixel_argument=pixel_argument, fallback=float(shown.image),

@@ -15,6 +15,7 @@ from stfpm.data import MVTecDataModule
 from stfpm.evaluation.metrics import aupro, auroc, f1_max, overlap_at_threshold, rates_at_threshold, tpr_at_fpr
 from stfpm.inference.engine import run_inference
 from stfpm.inference.settings import DeviceSettings
+from stfpm.inference.thresholding import ThresholdPolicy
 from stfpm.model.lightning_model import STFPM
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,31 @@ def predict_test_split(model: STFPM, datamodule: MVTecDataModule, devices: Devic
     collector = _Collector(n, model.preprocessing().size)
     trainer = run_inference(model, datamodule.test_dataloader(), devices, [collector])
     return collector.data, trainer.is_global_zero
+
+
+def network_cost(reference: TestPredictions, pred: TestPredictions, policy: ThresholdPolicy) -> dict[str, Any]:
+    """What running the network another way (another runtime or precision) costs against the PyTorch model at 32-true
+    on the same test images: the reference's image and pixel AUROC, the image decisions (at the image threshold in
+    use) and the pixel decisions (at the pixel threshold) it changes, and the largest score and map differences."""
+    labels = reference.labels.astype(bool)
+    maps, masks = _pixel_subset(reference, reference.has_mask)
+    before, after = reference.scores.astype(np.float64) >= policy.image, pred.scores.astype(np.float64) >= policy.image
+    reference_maps, pred_maps = _flat(reference.maps), _flat(pred.maps)
+    return {
+        "reference_network": REFERENCE_NETWORK,
+        "reference_image_auroc": auroc(reference.scores, labels),
+        "reference_pixel_auroc": auroc(_flat(maps), _flat(masks)),
+        "decisions_changed": int((before != after).sum()),
+        "decisions_agree": float((before == after).mean()) if len(after) else math.nan,
+        "pixel_decisions_changed": float(((reference_maps >= policy.pixel) != (pred_maps >= policy.pixel)).mean())
+        if len(pred_maps) else math.nan,
+        "max_score_difference": float(np.abs(reference.scores - pred.scores).max()) if len(after) else math.nan,
+        "max_map_difference": float(np.abs(reference_maps - pred_maps).max()) if len(pred_maps) else math.nan,
+    }
+
+
+REFERENCE_NETWORK = "torch 32-true"
+"""What another runtime or precision is measured against: the PyTorch model in full precision."""
 
 
 def _pixel_subset(pred: TestPredictions, select: np.ndarray) -> tuple[Any, Any]:

@@ -16,7 +16,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from stfpm.core.errors import STFPMError, one_line
+from stfpm.core.errors import ConfigError, STFPMError, one_line
 from stfpm.inference.settings import DeviceSettings, resolve_precision
 from stfpm.model.lightning_model import STFPM
 
@@ -30,6 +30,9 @@ def build_trainer(devices: DeviceSettings, default_devices: str | int, **kwargs:
     Lightning refuses, is a one-line error instead of a traceback."""
     count = default_devices if devices.devices is None else devices.devices
     precision = resolve_precision(devices.precision, devices.accelerator)
+    if precision == "int8":
+        raise ConfigError("--precision int8 is OpenVINO's quantised network: test.py, predict.py and stfpm-serve run "
+                          "it with --runtime openvino; train.py trains at 32-true, bf16-mixed, ...")
     try:
         return pl.Trainer(
             accelerator=devices.accelerator,

@@ -10,16 +10,21 @@ model's settings.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import logging
+import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from stfpm.core.errors import STFPMError
-from stfpm.core.files import atomic_write_text
+from stfpm import __version__
+from stfpm.core.errors import STFPMError, one_line
+from stfpm.core.files import atomic_write_text, publish
 from stfpm.data.io import Normalize
 from stfpm.inference.settings import EXPORT_FORMATS
 from stfpm.inference.thresholding import ThresholdPolicy
@@ -45,6 +50,18 @@ def deployable(model: STFPM) -> DeployableSTFPM:
     return DeployableSTFPM(model.model, model.preprocessing().normalize).cpu().eval()
 
 
+def network_key(model: STFPM) -> str:
+    """A digest of what the exported network computes: this package's version, the model's settings and every weight
+    and buffer. A retrained or recalibrated checkpoint has another key, so a runtime never runs a stale export."""
+    digest = hashlib.sha256(__version__.encode())
+    digest.update(json.dumps(model.settings.as_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def metadata(model: STFPM, fmt: str, policy: ThresholdPolicy | None = None) -> dict:
     """What a deployment needs besides the network; thresholds: ``policy``, else the calibrated ones. The model's
     settings are recorded as the checkpoint records them, by section."""
@@ -64,6 +81,7 @@ def metadata(model: STFPM, fmt: str, policy: ThresholdPolicy | None = None) -> d
         **model.model.promise,
         "settings": {name: section for name, section in model.settings.as_dict().items() if name != "optimizer"},
         "category": model.run_info.get("category"),
+        "model_key": network_key(model),
     }
 
 
@@ -92,11 +110,28 @@ def export(model: STFPM, output: Path, fmt: str = "exported_program", policy: Th
     return output
 
 
+def export_beside(model: STFPM, output: Path, fmt: str = "onnx") -> Path:
+    """:func:`export` with the calibrated thresholds, written elsewhere in ``output``'s folder and moved into place,
+    network first and metadata last: a process that finds the metadata finds a complete network."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export.") as tmp:
+        written = export(model, Path(tmp) / output.name, fmt)
+        publish(written, output)
+        publish(written.with_name(written.name + ".json"), output.with_name(output.name + ".json"))
+    return output
+
+
 def _export_onnx(net: nn.Module, example: Tensor, output: Path, batch) -> None:
     try:
-        torch.onnx.export(
-            net, (example,), str(output), input_names=["images"], output_names=["anomaly_maps", "image_scores"],
-            dynamic_shapes=({0: batch},), dynamo=True,
-        )
+        # one file (no external weights) up to ONNX's 2 GB limit, which every backbone here stays under; the
+        # exporter's progress lines go to the log, not to the command's output
+        with contextlib.redirect_stdout(io.StringIO()) as progress:
+            torch.onnx.export(
+                net, (example,), str(output), input_names=["images"], output_names=["anomaly_maps", "image_scores"],
+                dynamic_shapes=({0: batch},), dynamo=True, external_data=False,
+            )
+        log.debug("%s", progress.getvalue())
     except ImportError as exc:
         raise STFPMError(f"ONNX export needs extra packages ({exc}); pip install onnx onnxscript") from exc
+    except Exception as exc:  # the exporter's own errors have no common type
+        raise STFPMError(f"the ONNX export failed: {one_line(exc, first_line=True, limit=300)}") from exc

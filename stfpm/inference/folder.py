@@ -27,7 +27,15 @@ from stfpm.data.workers import worker_init
 from stfpm.inference.describe import run_facts
 from stfpm.inference.engine import run_inference
 from stfpm.inference.postprocess import Postprocessor
-from stfpm.inference.settings import DeviceSettings, EngineSettings, PredictSettings, ThresholdSettings
+from stfpm.inference.runtime import attach, network_label
+from stfpm.inference.settings import (
+    DeviceSettings,
+    EngineSettings,
+    PostprocessSettings,
+    PredictSettings,
+    RuntimeSettings,
+    ThresholdSettings,
+)
 from stfpm.inference.thresholding import ThresholdPolicy
 from stfpm.inference.writer import (
     MaskWriter,
@@ -147,10 +155,14 @@ def predict_folder(
     devices: DeviceSettings | None = None,
     thresholds: ThresholdSettings | None = None,
     model: STFPM | None = None,
+    postprocess: PostprocessSettings | None = None,
+    runtime: RuntimeSettings | None = None,
 ) -> FolderSummary:
-    """Predict every image of ``settings.input`` into ``settings.output`` (the checkpoint's model unless ``model``
-    is given); with ``settings.resume``, the images an earlier run finished are skipped."""
+    """Predict every image of ``settings.input`` into ``settings.output``; with ``settings.resume``, the images an
+    earlier run finished are skipped. The checkpoint's model runs in ``runtime`` unless ``model`` is given, which
+    runs as it is (a :class:`Predictor`'s, with its runtime attached)."""
     engine, devices, thresholds = engine or EngineSettings(), devices or DeviceSettings(), thresholds or ThresholdSettings()
+    postprocess = postprocess or PostprocessSettings()
     if not settings.input:
         raise STFPMError("pass --input, an image file or a folder of images")
     settings.check_paths()
@@ -163,7 +175,8 @@ def predict_folder(
     if model is None:
         checkpoint = Runs(Path(settings.runs_dir)).resolve(settings.checkpoint, settings.category)
         model = load_checkpoint(checkpoint)
-    postprocessor = Postprocessor(ThresholdPolicy.of(thresholds, model.thresholds), settings.min_defect_area)
+        devices = attach(model, runtime or RuntimeSettings(), devices, [engine.batch_size])
+    postprocessor = Postprocessor(ThresholdPolicy.of(thresholds, model.thresholds), postprocess.min_defect_area)
     policy = postprocessor.policy
     done = finished_rows(targets, output, settings.save_raw, policy) if settings.resume else {}
     # Before any process starts writing: keep only what is finished, in predictions.csv, and no journal. Every
@@ -184,7 +197,7 @@ def predict_folder(
         write_tables(rows, output, settings.json)
         if settings.report:
             files = {t.relative: (t.heatmap, t.mask) for t in targets}
-            facts = run_facts(model, checkpoint, policy)
+            facts = run_facts(model, checkpoint, policy, network_label(model, devices))
             write_page(output / REPORT_NAME, prediction_page(rows, files, output, facts,
                                                              {**policy.as_dict(), **model.model.promise}, skipped))
     remove_journals(output)

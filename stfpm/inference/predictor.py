@@ -4,6 +4,7 @@
 >>> predictor = Predictor.from_checkpoint("runs/carpet/version_0/checkpoints/best.ckpt", device="cuda")
 >>> result = predictor.predict(PIL.Image.open("part.png"))
 >>> result.score, result.is_anomalous, result.mask.shape  # mask: uint8 0/255 at the source size
+>>> fast = Predictor.from_checkpoint("best.ckpt", runtime="openvino", precision="int8")  # only the network changes
 
 An in-process, single-device view of the engine that test.py and predict.py run through Lightning: the same
 preprocessing (``STFPM.preprocessing``), the same model call (``STFPM.predict_step``) and the same
@@ -27,10 +28,13 @@ from stfpm.data import load_image
 from stfpm.data.io import upright
 from stfpm.inference.folder import FolderSummary, predict_folder
 from stfpm.inference.postprocess import Postprocessor, Prediction
+from stfpm.inference.runtime import attach, runtime_label
 from stfpm.inference.settings import (
     DeviceSettings,
     EngineSettings,
+    PostprocessSettings,
     PredictSettings,
+    RuntimeSettings,
     ThresholdSettings,
     autocast_dtype,
     resolve_precision,
@@ -58,7 +62,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 class Predictor:
-    """A trained model on one device with its preprocessing, decision thresholds and postprocessing."""
+    """A trained model on one device with its preprocessing, decision thresholds and postprocessing; ``runtime``
+    (``torch``, ``onnxruntime``, ``openvino``) and ``precision`` say what runs the network (see
+    :mod:`stfpm.inference.runtime`), ``batch_sizes`` the batch sizes an exported network is prepared for."""
 
     def __init__(
         self,
@@ -69,9 +75,17 @@ class Predictor:
         min_defect_area: int = 0,
         precision: str = "32-true",
         thresholds_from: str | Path | None = None,
+        runtime: str = "torch",
+        runtime_model: str | Path | None = None,
+        batch_sizes: Sequence[int] = (1,),
     ) -> None:
-        self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, "cuda" if self.device.type == "cuda" else self.device.type)
+        self.runtime = RuntimeSettings(runtime, None if runtime_model is None else str(runtime_model))
+        exported = runtime != "torch"
+        self.device = resolve_device("cpu" if exported and device in (None, "auto") else device)
+        asked = DeviceSettings(accelerator="gpu" if self.device.type == "cuda" else self.device.type, precision=precision)
+        self.network = runtime_label(self.runtime, asked)  # what runs the network, in words
+        runs_on = attach(model, self.runtime, asked, batch_sizes)
+        self.precision = resolve_precision(runs_on.precision, runs_on.accelerator)
         self.dtype = autocast_dtype(self.precision)
         self.model = model.to(self.device)
         self.model.prepare_for_inference()
@@ -118,9 +132,9 @@ class Predictor:
         on_gpu = self.device.type == "cuda"
         devices = DeviceSettings(accelerator="gpu" if on_gpu else self.device.type,
                                  devices=[self.device.index or 0] if on_gpu else 1, precision=self.precision)
-        settings = PredictSettings(**{"min_defect_area": self.postprocessor.min_defect_area, **options,
-                                      "input": str(input), "output": str(output)})
-        return predict_folder(settings, EngineSettings(**engine_options), devices, self.thresholds, self.model)
+        settings = PredictSettings(**{**options, "input": str(input), "output": str(output)})
+        return predict_folder(settings, EngineSettings(**engine_options), devices, self.thresholds, self.model,
+                              PostprocessSettings(self.postprocessor.min_defect_area))
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> Prediction | list[Prediction]:
         """Score one image (PIL, numpy HxW/HxWxC uint8, or a path) or a list of them; files and PIL images are

@@ -12,9 +12,9 @@ from stfpm.core.errors import ConfigError
 from stfpm.core.options import Section, finite, integer, option
 from stfpm.data.settings import DEFAULT_WORKERS, WORKERS_SHOWN
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "bf16", "16", "auto")
-"""Lightning's precision names, the one vocabulary of every command and of :class:`Predictor`; ``auto`` is ours
-(:func:`resolve_precision`)."""
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "bf16", "16", "auto", "int8")
+"""Lightning's precision names, the one vocabulary of every command and of :class:`Predictor`; ``auto`` and ``int8``
+(OpenVINO's quantised network, :mod:`stfpm.inference.runtime`) are ours (:func:`resolve_precision`)."""
 
 _AUTOCAST = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16,
              "16-mixed": torch.float16, "16": torch.float16}
@@ -75,8 +75,9 @@ class DeviceSettings(Section):
         shown_default="auto for train.py, 1 for test.py and predict.py")
     strategy: str = option("auto", "auto, ddp, ... (ddp splits the images over --devices)", kind=str)
     num_nodes: int = option(1, "machines taking part (with --strategy ddp)", kind=int, check=integer(1))
-    precision: str = option("32-true", "32-true, bf16-mixed, 16-mixed, ... (Lightning's), or auto: bf16-mixed where "
-                            "the processor or GPU computes in bfloat16 natively, else 32-true", choices=PRECISIONS)
+    precision: str = option("32-true", "32-true, bf16-mixed, 16-mixed, ... (Lightning's), auto: bf16-mixed where "
+                            "the processor or GPU computes in bfloat16 natively, else 32-true, or int8 (--runtime "
+                            "openvino only)", choices=PRECISIONS)
 
     def one_device(self) -> str:
         """The single device an in-process model runs on (:class:`Predictor`, the service): ``cuda:N`` (the first
@@ -126,13 +127,38 @@ class PredictSettings(Section):
     overwrite: bool = option(False, "replace existing outputs", kind=bool, group="existing")
     resume: bool = option(False, "continue an interrupted run: skip images whose outputs are complete", kind=bool,
                           group="existing")
-    min_defect_area: int = option(0, "drop mask blobs smaller than N pixels", kind=int, check=integer(0))
     heatmap_format: str = option("jpg", "heatmap files: jpg (about 13x faster to write and 6x smaller than png), "
                                  "png (lossless) or none", choices=HEATMAP_FORMATS)
     save_raw: bool = option(False, "also write the float32 anomaly map as .npy", kind=bool)
     json: bool = option(False, "also write predictions.json", kind=bool)
     report: bool = option(True, "write report.html in --output: counts, thresholds, score histogram, the images "
                           "(anomalous first) linking to their files", kind=bool, negatable=True)
+
+
+@dataclass(frozen=True)
+class PostprocessSettings(Section):
+    name = "postprocess"
+    about = "predict.py and stfpm-serve: from anomaly map to defect mask"
+
+    min_defect_area: int = option(0, "drop mask blobs smaller than N pixels (of the source image)", kind=int,
+                                  check=integer(0))
+
+
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings(Section):
+    name = "runtime"
+    about = "test.py, predict.py and stfpm-serve: what runs the network (decoding, resizing, thresholds and masks stay ours)"
+
+    runtime: str = option("torch", "torch (the PyTorch model), onnxruntime or openvino: the exported ONNX network, "
+                          "built beside the checkpoint on first use; openvino runs --precision 32-true, bf16-mixed or "
+                          "int8 (quantised on the run's validation images)", choices=RUNTIMES)
+    runtime_model: str | None = option(None, "the exported network to run instead of the one beside the checkpoint: "
+                                       "an .onnx of stfpm-export --format onnx, or an INT8 .xml written by "
+                                       "--runtime openvino --precision int8; refused if made from another checkpoint",
+                                       kind=str, path="file")
 
 
 EXPORT_FORMATS = ("exported_program", "torchscript", "onnx")

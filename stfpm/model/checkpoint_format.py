@@ -22,11 +22,11 @@ from stfpm.model.settings import CalibrationSettings, ModelSettings
 
 KEY = "stfpm"
 FORMAT_VERSION = 3
-RUN_FIELDS = ("category", "data_root", "train_images", "validation_images", "calibrated_on")
+RUN_FIELDS = ("category", "data_root", "train_images", "validation_images", "calibrated_on", "calibration_images")
 OFFICIAL_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "official.yaml"
 
 
-def stamp(checkpoint: dict[str, Any], run_info: dict[str, str], calibration_scores: list[float]) -> None:
+def stamp(checkpoint: dict[str, Any], run_info: dict[str, Any], calibration_scores: list[float]) -> None:
     """Mark a checkpoint being saved as ours, of the current format, with its run and the out-of-sample good image
     scores its image threshold rests on."""
     checkpoint[KEY] = {"format_version": FORMAT_VERSION, "package_version": __version__, **run_info,
@@ -49,8 +49,8 @@ def require_ours(checkpoint: Any, path: Path) -> None:
                               f"this one reads up to {FORMAT_VERSION}); update the package")
 
 
-def run_info(checkpoint: dict[str, Any]) -> dict[str, str]:
-    """The run a checkpoint records (category, data root)."""
+def run_info(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The run a checkpoint records (category, data root, image counts, the images its thresholds were fitted on)."""
     return {k: v for k, v in checkpoint.get(KEY, {}).items() if k in RUN_FIELDS}
 
 

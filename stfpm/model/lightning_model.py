@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -37,7 +38,10 @@ class STFPM(pl.LightningModule):
         self.model = STFPMModel(settings, load_teacher)
         self.settings = self.model.settings  # resolved: `coarser` -> [1, 2], the student's backbone and layers
         self.save_hyperparameters(self.settings.as_dict())
-        self.run_info: dict[str, str] = {}  # category and data root, recorded in checkpoints
+        self.run_info: dict[str, Any] = {}  # category, data root, the images it was calibrated on: in checkpoints
+        # what predict_step runs: None for the PyTorch model itself, else an exported network in another runtime
+        # (:func:`stfpm.inference.runtime.attach`), normalised images [B,3,H,W] -> (maps [B,1,H,W], scores [B])
+        self.network: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
         self.calibration_scores: list[float] = []  # the out-of-sample good scores the image threshold rests on
         self.validation_levels: list[Tensor] | None = None  # the last validation's level maps (every process's)
         # per validation batch: the per-level maps at their own resolution, and the images' dataset indices
@@ -142,7 +146,11 @@ class STFPM(pl.LightningModule):
         out = {key: value for key, value in batch.items() if key != "image"}
         if batch["image"] is None:
             return out
-        maps, scores = self.model.predict(batch["image"].contiguous(memory_format=torch.channels_last))
+        images = batch["image"]
+        if self.network is not None:
+            maps, scores = self.network(images)
+        else:
+            maps, scores = self.model.predict(images.contiguous(memory_format=torch.channels_last))
         out["anomaly_map"] = maps[:, 0].float().cpu()
         out["score"] = scores.float().cpu()
         return out

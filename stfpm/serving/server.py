@@ -16,25 +16,30 @@ import torch
 from stfpm.core.errors import STFPMError
 from stfpm.core.layout import Runs
 from stfpm.inference.predictor import Predictor
-from stfpm.inference.settings import DeviceSettings, ThresholdSettings
+from stfpm.inference.settings import DeviceSettings, PostprocessSettings, RuntimeSettings, ThresholdSettings
 from stfpm.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
 
-def load(settings: ServeSettings, devices: DeviceSettings, thresholds: ThresholdSettings) -> tuple[Predictor, Path]:
+def load(settings: ServeSettings, devices: DeviceSettings, thresholds: ThresholdSettings,
+         postprocess: PostprocessSettings, runtime: RuntimeSettings) -> tuple[Predictor, Path]:
     """The checkpoint's model as a :class:`Predictor`, warmed up with one batch."""
     thresholds.check_paths()
+    runtime.check_paths()
     checkpoint = Runs(Path(settings.runs_dir)).resolve(settings.checkpoint, settings.category)
     predictor = Predictor.from_checkpoint(
         checkpoint, device=devices.one_device(), precision=devices.precision, image_threshold=thresholds.image_threshold,
-        pixel_threshold=thresholds.threshold, thresholds_from=thresholds.thresholds_from)
+        pixel_threshold=thresholds.threshold, thresholds_from=thresholds.thresholds_from,
+        min_defect_area=postprocess.min_defect_area, runtime=runtime.runtime, runtime_model=runtime.runtime_model,
+        batch_sizes=sorted({1, settings.max_batch_size}))
     height, width = predictor.transform.size
     predictor.anomaly_maps(torch.zeros(1, 3, height, width))
     return predictor, checkpoint
 
 
-def serve(settings: ServeSettings, devices: DeviceSettings, thresholds: ThresholdSettings) -> None:
+def serve(settings: ServeSettings, devices: DeviceSettings, thresholds: ThresholdSettings,
+          postprocess: PostprocessSettings, runtime: RuntimeSettings) -> None:
     """Serve until interrupted (Ctrl-C, SIGTERM)."""
     try:
         import uvicorn
@@ -42,15 +47,17 @@ def serve(settings: ServeSettings, devices: DeviceSettings, thresholds: Threshol
         from stfpm.serving.app import create_app
     except ImportError as exc:
         raise STFPMError(f"stfpm-serve needs the serving extras: pip install 'stfpm[serve]' ({exc})") from exc
-    predictor, checkpoint = load(settings, devices, thresholds)
+    predictor, checkpoint = load(settings, devices, thresholds, postprocess, runtime)
     model = {"checkpoint": str(checkpoint), "category": predictor.model.run_info.get("category"),
-             "device": str(predictor.device), "precision": predictor.precision}
+             "device": str(predictor.device), "network": predictor.network,
+             "min_defect_area": predictor.postprocessor.min_defect_area}
     app = create_app(predictor, settings, model)
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((settings.host, settings.port))
+        listener.listen(2048)  # connections wait from here on, before the line below tells clients where to go
     except OSError as exc:
         raise STFPMError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
     host, port = listener.getsockname()[:2]

@@ -192,6 +192,7 @@ def fit_category(settings: TrainSettings, category: str) -> FitResult:
         log.warning("%s", warning)
         model.warned_few = True
     datamodule.setup("fit")
+    _record_calibration_images(model, images if cross else datamodule.val_paths or [], datamodule.category_dir)
     tb_logger = TensorBoardLogger(t.output_dir, name=category, version=csv_logger.version, default_hp_metric=False)
     if not has_val and not cross:
         log.warning("--val-fraction 0: no validation images, so no best-model selection and no thresholds")
@@ -228,6 +229,14 @@ def _record_images(model: STFPM, training: int, validation: int, students: int) 
               else f"{validation} validation images" if validation else "none (no validation images)")
     model.run_info.update(train_images=str(training), validation_images=str(0 if students else validation),
                           calibrated_on=fitted)
+
+
+def _record_calibration_images(model: STFPM, images: list[Path], category_dir: Path) -> None:
+    """The good images the thresholds are fitted on (relative to the category's folder where they are inside it): what
+    OpenVINO's INT8 quantisation calibrates on, so it never sees a test image."""
+    root = category_dir.resolve()
+    model.run_info["calibration_images"] = [
+        str(p.resolve().relative_to(root)) if p.resolve().is_relative_to(root) else str(p.resolve()) for p in images]
 
 
 def _cross_fit(trainer: pl.Trainer, model: STFPM, students: Folds, run: Run, best: Any, interrupted: bool) -> None:

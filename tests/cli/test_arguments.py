@@ -52,6 +52,7 @@ def _check(capsys, main, argv, needle: str) -> None:
     (["--resume", "/no/such/last.ckpt"], "--resume"),
     (["--devices", "0,x"], "--devices"),
     (["--precision", "7"], "--precision"),
+    (["--precision", "int8"], "--precision int8 is OpenVINO"),
     (["--batch-size", "four"], "--batch-size"),
     pytest.param(["--accelerator", "gpu"], "--accelerator", marks=NO_GPU),
 ])
@@ -75,6 +76,7 @@ def test_train_rejects_an_output_dir_that_is_a_file(tiny_data, tmp_path, capsys)
     (["--thresholds-from", "/no/such/results.json"], "--thresholds-from"),
     (["--output-dir", "FILE"], "--output-dir"),
     (["--precision", "7"], "--precision"),
+    (["--precision", "int8"], "--precision int8 is OpenVINO"),
     pytest.param(["--accelerator", "gpu"], "--accelerator", marks=NO_GPU),
 ])
 def test_test_rejects(trained_run, tmp_path, capsys, extra, needle) -> None:
@@ -94,6 +96,7 @@ def test_test_rejects(trained_run, tmp_path, capsys, extra, needle) -> None:
     (["--image-threshold", "nan"], "--image-threshold"),
     (["--output", "FILE"], "--output"),
     (["--precision", "7"], "--precision"),
+    (["--precision", "int8"], "--precision int8 is OpenVINO"),
     (["--resume", "--overwrite"], "--overwrite"),
     pytest.param(["--accelerator", "gpu"], "--accelerator", marks=NO_GPU),
 ])

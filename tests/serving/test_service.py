@@ -39,9 +39,13 @@ def photos(tiny_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def service(trained_run):
     """stfpm-serve on a free port of 127.0.0.1, stopped at the end."""
+    yield from _serve(trained_run["checkpoint"])
+
+
+def _serve(checkpoint: Path, *options: str):
     process = subprocess.Popen(
-        [sys.executable, "-m", "stfpm.cli.serve", "--checkpoint", str(trained_run["checkpoint"]), "--port", "0",
-         "--accelerator", "cpu", "--max-body-mb", str(MAX_BODY / 1e6), "--max-batch-size", "4"],
+        [sys.executable, "-m", "stfpm.cli.serve", "--checkpoint", str(checkpoint), "--port", "0",
+         "--accelerator", "cpu", "--max-body-mb", str(MAX_BODY / 1e6), "--max-batch-size", "4", *options],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, url = time.monotonic() + 120, None
     assert process.stdout is not None
@@ -113,6 +117,39 @@ def test_the_mask_comes_back_as_predict_py_writes_it(service, trained_run, photo
     status, health = client.request("GET", "/health")
     assert status == 200 and health["status"] == "ok" and health["checkpoint"] == str(trained_run["checkpoint"])
     client.close()
+
+
+def test_the_service_in_another_runtime_with_a_minimum_defect_area_answers_as_predict_py(trained_run, photos,
+                                                                                          tmp_path) -> None:
+    checkpoint = tmp_path / "run" / "best.ckpt"  # a copy: the export goes beside it
+    checkpoint.parent.mkdir()
+    shutil.copy(trained_run["checkpoint"], checkpoint)
+    options = ["--runtime", "openvino", "--min-defect-area", "40"]
+    expected = {}
+    for name, extra in (("same", options), ("no minimum", [])):
+        out = tmp_path / name
+        assert predict_main(["--checkpoint", str(checkpoint), "--input", str(photos), "--output", str(out),
+                             "--num-workers", "0", "--no-report", *extra]) == 0
+        with (out / "predictions.csv").open() as handle:
+            expected[name] = {row["path"]: row for row in csv.DictReader(handle)}
+    areas = {name: {k: float(r["defect_area_fraction"]) for k, r in rows.items()} for name, rows in expected.items()}
+    assert areas["same"] != areas["no minimum"]  # the minimum removes blobs on some image
+    started = _serve(checkpoint, *options)
+    _, url = next(started)
+    client = Client(url, 60)
+    try:
+        status, health = client.request("GET", "/health")
+        assert status == 200 and health["network"] == "openvino 32-true" and health["min_defect_area"] == 40
+        for image in sorted(photos.glob("*.png")):
+            status, answer = client.request("POST", "/predict?mask=true", image.read_bytes(), "image/png")
+            want = expected["same"][image.name]
+            assert status == 200 and answer["is_anomalous"] == (want["is_anomalous"] == "True"), image.name
+            assert answer["defect_area_fraction"] == float(want["defect_area_fraction"]), image.name
+            mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["mask_png"]))))
+            np.testing.assert_array_equal(mask, np.asarray(Image.open(tmp_path / "same" / f"{image.stem}_mask.png")))
+    finally:
+        client.close()
+        next(started, None)
 
 
 def test_the_service_runs_no_other_process(service) -> None:
