@@ -193,10 +193,10 @@ def exports_folder(model: STFPM) -> Path:
     return cache
 
 
-def _network_file(model: STFPM, settings: RuntimeSettings, suffix: str) -> Path:
-    """The ONNX network of ``model``: the one given (checked to be of this model), else the one beside the
-    checkpoint, exported now if missing."""
-    key = network_key(model)
+def _network_file(model: STFPM, settings: RuntimeSettings, suffix: str, key: str | None = None) -> Path:
+    """The ONNX network of ``model`` (whose :func:`network_key` is ``key``): the one given (checked to be of this
+    model), else the one beside the checkpoint, exported now if missing."""
+    key = key or network_key(model)
     if settings.runtime_model:
         return _checked(Path(settings.runtime_model).expanduser(), key, model, "onnx")
     path = exports_folder(model) / f"{key[:16]}{suffix}"
@@ -233,10 +233,10 @@ def _int8_network(model: STFPM, settings: RuntimeSettings, ov: Any) -> Path:
         return path
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # NNCF's import: "no CUDA runtime"
     nncf = _library("nncf", "--precision int8")
-    source = _network_file(model, dataclasses.replace(settings, runtime_model=None), ".onnx")
     images = calibration_images(model)
-    log.info("quantising to INT8 on %d validation images -> %s (once per checkpoint)", min(len(images),
-             CALIBRATION_SUBSET), path)
+    source = _network_file(model, dataclasses.replace(settings, runtime_model=None), ".onnx", key)
+    log.info("quantising to INT8 on %d of the images the thresholds were fitted on -> %s (once per checkpoint)",
+             min(len(images), CALIBRATION_SUBSET), path)
     dataset, inputs = ImageFolderDataset(images, model.preprocessing()), ExportInput(model)
     samples = nncf.Dataset(list(range(len(dataset))), lambda i: inputs(dataset[i]["image"].unsqueeze(0)))
     with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bar
@@ -248,9 +248,9 @@ def _int8_network(model: STFPM, settings: RuntimeSettings, ov: Any) -> Path:
         publish(written.with_suffix(".bin"), path.with_suffix(".bin"))
         publish(written, path)
     meta = json.loads(source.with_name(source.name + ".json").read_text())
+    calibrated_on = f"{len(images)} validation images of the run (the images its thresholds were fitted on)"
     atomic_write_text(path.with_name(path.name + ".json"), json.dumps(
-        {**meta, "format": INT8_FORMAT, "calibrated_on": f"{len(images)} validation images of the run"},
-        indent=2) + "\n")
+        {**meta, "format": INT8_FORMAT, "calibrated_on": calibrated_on}, indent=2) + "\n")
     return path
 
 
