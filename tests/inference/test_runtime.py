@@ -26,7 +26,7 @@ from stfpm.model.checkpoint import load_checkpoint
 
 @pytest.fixture()
 def checkpoint(trained_run, tmp_path) -> Path:
-    """A private copy of the session's checkpoint: its exports go beside it."""
+    """A private copy of the test run's checkpoint: its exports go beside it."""
     path = tmp_path / "run" / "best.ckpt"
     path.parent.mkdir()
     shutil.copy(trained_run["checkpoint"], path)
