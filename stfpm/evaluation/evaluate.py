@@ -50,7 +50,6 @@ class Evaluation:
         thresholds.check_paths()
         self.settings, self.engine, self.devices, self.thresholds, self.say = settings, engine, devices, thresholds, say
         self.runtime = runtime or RuntimeSettings()
-        self.runtime.check_paths()
         self.network = runtime_label(self.runtime, devices)  # what runs the network, in words
         self.reports: dict[str, Path] = {}  # category -> its report.html
 

@@ -28,7 +28,7 @@ from stfpm.data import load_image
 from stfpm.data.io import upright
 from stfpm.inference.folder import FolderSummary, predict_folder
 from stfpm.inference.postprocess import Postprocessor, Prediction
-from stfpm.inference.runtime import attach, runtime_label
+from stfpm.inference.runtime import attach, network_label
 from stfpm.inference.settings import (
     DeviceSettings,
     EngineSettings,
@@ -83,8 +83,8 @@ class Predictor:
         exported = runtime != "torch"
         self.device = resolve_device("cpu" if exported and device in (None, "auto") else device)
         asked = DeviceSettings(accelerator="gpu" if self.device.type == "cuda" else self.device.type, precision=precision)
-        self.network = runtime_label(self.runtime, asked)  # what runs the network, in words
         runs_on = attach(model, self.runtime, asked, batch_sizes)
+        self.network = network_label(model, runs_on)  # what runs the network, in words
         self.precision = resolve_precision(runs_on.precision, runs_on.accelerator)
         self.dtype = autocast_dtype(self.precision)
         self.model = model.to(self.device)

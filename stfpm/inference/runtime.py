@@ -75,6 +75,7 @@ def attach(model: STFPM, settings: RuntimeSettings, devices: DeviceSettings, bat
     """Make ``model`` run its network in ``settings.runtime`` at ``devices.precision``, prepared for ``batch_sizes``;
     returns the devices its Trainer (or :class:`Predictor`) then runs on: unchanged for torch, the CPU at 32-true for
     an exported network, whose runtime does the arithmetic in its own precision."""
+    settings.check_paths()
     precision = resolve_precision(devices.precision, devices.accelerator)
     if settings.runtime == "torch":
         if precision == "int8":

@@ -26,7 +26,6 @@ def load(settings: ServeSettings, devices: DeviceSettings, thresholds: Threshold
          postprocess: PostprocessSettings, runtime: RuntimeSettings) -> tuple[Predictor, Path]:
     """The checkpoint's model as a :class:`Predictor`, warmed up with one batch."""
     thresholds.check_paths()
-    runtime.check_paths()
     checkpoint = Runs(Path(settings.runs_dir)).resolve(settings.checkpoint, settings.category)
     predictor = Predictor.from_checkpoint(
         checkpoint, device=devices.one_device(), precision=devices.precision, image_threshold=thresholds.image_threshold,
