@@ -131,7 +131,7 @@ class CalibrationSettings(Section):
     about = "train.py: decision thresholds from out-of-sample good images"
 
     target_false_alarms: float = option(
-        0.01, "share of good parts the image threshold is set to flag; n out-of-sample good scores support at best "
+        0.02, "share of good parts the image threshold is set to flag; n out-of-sample good scores support at best "
         "1/(n+1), below which --tail decides", kind=float, check=number(0, 1, low_open=True, high_open=True))
     pixel_threshold_quantile: float = option(0.999, "pixel threshold: this quantile of the out-of-sample good maps' "
                                              "pixels", kind=float, check=number(0, 1, low_open=True))

@@ -84,9 +84,11 @@ def test_the_pareto_tail_lands_near_the_true_quantile_of_a_pareto_tail(shape) ->
 
 def test_auto_cross_fits_only_when_the_validation_split_cannot_support_the_target() -> None:
     auto = CalibrationSettings()
-    assert auto.calibration == "auto" and auto.target_false_alarms == 0.01
-    assert cross_fits(auto, 7) and cross_fits(auto, 98)
-    assert not cross_fits(auto, 99) and not cross_fits(auto, 110)
+    assert auto.calibration == "auto" and auto.target_false_alarms == 0.02
+    assert cross_fits(auto, 7) and cross_fits(auto, 48)
+    assert not cross_fits(auto, 49) and not cross_fits(auto, 110)  # 1/50: the 2% asked
+    one = CalibrationSettings(target_false_alarms=0.01)
+    assert cross_fits(one, 98) and not cross_fits(one, 99)
     assert not cross_fits(CalibrationSettings(calibration="holdout"), 7)
     assert cross_fits(CalibrationSettings(calibration="cross-fit"), 500)
     assert not cross_fits(CalibrationSettings(target_false_alarms=0.05), 19)
@@ -125,6 +127,9 @@ def test_train_py_is_told_when_the_scores_cannot_support_the_target() -> None:
         return few_images_warning(count, model, "validation images")
 
     assert "rests on 20 out-of-sample good scores (validation images): it can promise at best 4.8%" in warning(20)
-    assert warning(99) is None  # 1/100: the 1% asked
+    assert "can promise at best 2%" in warning(48)
+    assert warning(49) is None  # 1/50: the 2% asked
+    assert warning(99, target_false_alarms=0.01) is None  # 1/100: the 1% asked
+    assert "at best 1%" in warning(98, target_false_alarms=0.01)
     assert warning(20, tail="gumbel") is None  # extrapolated: the promise is the target
     assert warning(20, target_false_alarms=0.05) is None
