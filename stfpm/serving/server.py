@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 def load(settings: ServeSettings, devices: DeviceSettings, thresholds: ThresholdSettings,
          postprocess: PostprocessSettings, runtime: RuntimeSettings) -> tuple[Predictor, Path]:
-    """The checkpoint's model as a :class:`Predictor`, warmed up with one batch."""
+    """The checkpoint's model as a :class:`Predictor`, warmed up with a batch of one, one of the largest size and one
+    between (OpenVINO compiles its network for other sizes there), so no request waits for a first run."""
     thresholds.check_paths()
     checkpoint = Runs(Path(settings.runs_dir)).resolve(settings.checkpoint, settings.category)
     predictor = Predictor.from_checkpoint(
@@ -33,7 +34,8 @@ def load(settings: ServeSettings, devices: DeviceSettings, thresholds: Threshold
         min_defect_area=postprocess.min_defect_area, runtime=runtime.runtime, runtime_model=runtime.runtime_model,
         batch_sizes=sorted({1, settings.max_batch_size}))
     height, width = predictor.transform.size
-    predictor.anomaly_maps(torch.zeros(1, 3, height, width))
+    for size in sorted({1, min(2, settings.max_batch_size), settings.max_batch_size}):
+        predictor.anomaly_maps(torch.zeros(size, 3, height, width))
     return predictor, checkpoint
 
 

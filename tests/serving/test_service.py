@@ -152,6 +152,20 @@ def test_the_service_in_another_runtime_with_a_minimum_defect_area_answers_as_pr
         next(started, None)
 
 
+def test_the_service_compiles_openvino_for_every_batch_size_before_its_first_request(trained_run, tmp_path) -> None:
+    """Batches of 1 and of the maximum get their own compiled network, every size between the dynamic one, all at
+    start: a request never waits for a compile."""
+    from stfpm.inference.settings import DeviceSettings, PostprocessSettings, RuntimeSettings, ThresholdSettings
+    from stfpm.serving.server import load
+    from stfpm.serving.settings import ServeSettings
+
+    checkpoint = tmp_path / "best.ckpt"  # a copy: the export goes beside it
+    shutil.copy(trained_run["checkpoint"], checkpoint)
+    predictor, _ = load(ServeSettings(checkpoint=str(checkpoint), max_batch_size=4), DeviceSettings(accelerator="cpu"),
+                        ThresholdSettings(), PostprocessSettings(), RuntimeSettings(runtime="openvino"))
+    assert set(predictor.model.network.run.compiled) == {1, 4, None}
+
+
 def test_the_service_runs_no_other_process(service) -> None:
     """A SIGKILL of the service leaves nothing behind: it has no child process to leave."""
     process, _ = service
